@@ -1,0 +1,59 @@
+# microturn — entry points. Every target sets up what it needs first, and is idempotent.
+#   make up      set up and run the whole system on this machine (Ctrl-C or `make down` stops it)
+#   make test    set up and run the test suite
+#   make bench   run the benchmarks (prints tables and ratios)
+#   make lint    ruff
+#   make protos  regenerate the Python stubs from protos/
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The CPU wheel of torch on these machines; GPU images override TORCH_SPEC (e.g. a CUDA build).
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install up down test bench lint protos system-deps clean
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian packages the tests need (a browser, speech synthesis, audio tools); skipped when present.
+SYSTEM_PKGS := chromium espeak-ng sox
+system-deps:
+	@missing=""; for p in $(SYSTEM_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+up: install
+	$(VENV)/bin/microturn up
+
+down: install
+	$(VENV)/bin/microturn down
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+lint: install
+	$(VENV)/bin/ruff check services tests
+	$(VENV)/bin/ruff format --check services tests
+
+protos: install
+	$(PY) -m microturn.protocol.codegen
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,32 @@
+"""One typed settings layer for every service.
+
+Precedence, highest first: explicit overrides (CLI flags), environment variables
+(``MICROTURN_<SECTION>__<FIELD>``, e.g. ``MICROTURN_NATS__PORT=4333``), a YAML config file
+(``MICROTURN_CONFIG=path.yaml`` or ``--config``), then the embedded defaults, which run the whole
+system on one machine. Invalid settings raise :class:`ConfigError` at start, naming the setting
+and the environment variable that sets it.
+"""
+
+from microturn.config.settings import (
+    ConfigError,
+    EdgeSettings,
+    InteractionSettings,
+    LimitsSettings,
+    NatsSettings,
+    RaySettings,
+    Settings,
+    TelemetrySettings,
+    load_settings,
+)
+
+__all__ = [
+    "ConfigError",
+    "EdgeSettings",
+    "InteractionSettings",
+    "LimitsSettings",
+    "NatsSettings",
+    "RaySettings",
+    "Settings",
+    "TelemetrySettings",
+    "load_settings",
+]

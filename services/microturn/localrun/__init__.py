@@ -1,0 +1,1 @@
+"""Run the whole system on one machine: supervised child processes for NATS, Ray and each service."""

@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC stubs of protos/microturn/v1 (make protos)."""

@@ -1,0 +1,16 @@
+"""Shared fixtures: real servers on free loopback ports, cleaned up after each test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from microturn.localrun.nats import NatsServer
+
+
+@pytest.fixture
+def nats_server(tmp_path) -> Iterator[NatsServer]:
+    """A real nats-server with JetStream (file storage under tmp_path)."""
+    with NatsServer(store_dir=tmp_path / "nats") as server:
+        yield server
