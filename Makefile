@@ -15,7 +15,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install up down test bench lint protos system-deps clean
+.PHONY: install up down test bench eval lint protos system-deps clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,11 +42,14 @@ up: install
 down: install
 	$(VENV)/bin/microturn down
 
-test: install
+test: install system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+eval: install system-deps
+	$(PY) -m microturn.gym.eval
 
 lint: install
 	$(VENV)/bin/ruff check services tests

@@ -8,6 +8,8 @@ and the environment variable that sets it.
 """
 
 from microturn.config.settings import (
+    BackgroundSettings,
+    BusSettings,
     ConfigError,
     EdgeSettings,
     InteractionSettings,
@@ -16,10 +18,13 @@ from microturn.config.settings import (
     RaySettings,
     Settings,
     TelemetrySettings,
+    ToolsSettings,
     load_settings,
 )
 
 __all__ = [
+    "BackgroundSettings",
+    "BusSettings",
     "ConfigError",
     "EdgeSettings",
     "InteractionSettings",
@@ -28,5 +33,6 @@ __all__ = [
     "RaySettings",
     "Settings",
     "TelemetrySettings",
+    "ToolsSettings",
     "load_settings",
 ]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "MICROTURN_"
@@ -29,7 +29,9 @@ class _Section(BaseModel):
 class NatsSettings(_Section):
     """The message bus. Without ``url`` the local run starts an embedded nats-server."""
 
-    url: str | None = Field(None, description="external NATS URL, e.g. nats://nats:4222; unset: embedded server")
+    url: str | None = Field(
+        None, description="external NATS URL, e.g. nats://nats:4222; unset: embedded server"
+    )
     host: str = "127.0.0.1"
     port: Port = 4222
     monitor_port: Port = 8222
@@ -47,9 +49,14 @@ class RaySettings(_Section):
     address: str | None = Field(None, description="existing cluster address; unset: start a local head")
     port: Port = 6380
     dashboard_port: Port = 8265
+    dashboard_agent_port: Port = 52365
+    # Ray reserves 10002-19999 for workers by default; keep this outside that range.
+    client_server_port: Port = 10001
     num_cpus: int | None = Field(None, ge=1, description="CPUs the local head offers (default: all)")
 
-    _check_ports = field_validator("port", "dashboard_port")(_port)
+    _check_ports = field_validator("port", "dashboard_port", "dashboard_agent_port", "client_server_port")(
+        _port
+    )
 
 
 class LimitsSettings(_Section):
@@ -102,6 +109,74 @@ class TelemetrySettings(_Section):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class BusSettings(_Section):
+    """JetStream streams and consumers shared by the interaction, background and tool services."""
+
+    storage: Literal["file", "memory"] = "file"
+    duplicate_window_s: float = Field(120.0, gt=0, le=86_400, description="message-id de-duplication window")
+    ack_wait_s: float = Field(
+        30.0, gt=0, le=3600, description="redeliver work not acked (or kept alive) this long"
+    )
+    max_attempts: int = Field(5, ge=1, le=100, description="deliveries before a message is dead-lettered")
+    retry_delay_s: float = Field(
+        1.0, ge=0, le=600, description="nak delay after a failed attempt (times attempt)"
+    )
+    publish_timeout_s: float = Field(10.0, gt=0, le=600, description="keep retrying a publish this long")
+    max_payload_bytes: int = Field(1 << 20, ge=1024, le=64 << 20)
+    updates_max_age_s: float = Field(3600.0, gt=0, description="how long per-session updates are kept")
+    tool_results_max_age_s: float = Field(600.0, gt=0)
+    cancels_max_age_s: float = Field(3600.0, gt=0)
+    dead_letter_max_age_s: float = Field(7 * 86_400.0, gt=0)
+    session_consumer_inactive_s: float = Field(
+        300.0, gt=0, description="drop a session's update consumer idle this long"
+    )
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, le=600, description="let in-flight work finish this long on SIGTERM"
+    )
+
+
+class BackgroundSettings(_Section):
+    """The background model service (python -m microturn.background)."""
+
+    backend: Literal["planner", "openai"] = "planner"
+    concurrency: int = Field(8, ge=1, le=1024, description="delegations in flight per instance")
+    default_deadline_s: float = Field(30.0, gt=0, le=3600, description="when a request carries no deadline")
+    max_deadline_s: float = Field(300.0, gt=0, le=86_400)
+    tool_timeout_s: float = Field(15.0, gt=0, le=600, description="wait this long for one tool result")
+    max_tool_steps: int = Field(6, ge=1, le=64, description="tool rounds per delegation")
+    max_context_utterances: int = Field(32, ge=0, le=1024)
+    max_context_chars: int = Field(16_000, ge=256, le=1_000_000)
+    max_answer_chars: int = Field(4000, ge=16, le=1_000_000)
+    search_min_score: float = Field(0.3, ge=-1, le=1, description="planner: weaker search hits are no answer")
+    openai_base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible API root (…/v1)")
+    openai_model: str = "default"
+    openai_api_key: SecretStr | None = None
+    openai_timeout_s: float = Field(60.0, gt=0, le=3600)
+    openai_temperature: float = Field(0.2, ge=0, le=2)
+    openai_max_tokens: int = Field(512, ge=1, le=131_072)
+
+
+class ToolsSettings(_Section):
+    """The tool-execution service (python -m microturn.tools): NATS work queue plus the gRPC Tools API."""
+
+    grpc_enabled: bool = True
+    grpc_host: str = "127.0.0.1"
+    grpc_port: Port = 9100
+    concurrency: int = Field(16, ge=1, le=1024, description="tool calls in flight per instance")
+    project_docs_dir: Path | None = Field(Path("docs"), description="the project's docs, searched by default")
+    knowledge_dir: Path | None = Field(None, description="an extra folder of .md/.txt files to search")
+    knowledge_max_files: int = Field(2000, ge=1, le=100_000)
+    knowledge_max_file_bytes: int = Field(1 << 20, ge=1024, le=64 << 20)
+    knowledge_chunk_chars: int = Field(600, ge=100, le=10_000)
+    knowledge_preload: bool = Field(True, description="load the embedding model before reporting ready")
+    max_timer_s: int = Field(86_400, ge=1, le=30 * 86_400)
+    calculator_max_chars: int = Field(256, ge=1, le=10_000)
+    calculator_max_int_bits: int = Field(4096, ge=64, le=1_000_000)
+    calculator_max_exponent: int = Field(10_000, ge=1, le=1_000_000)
+
+    _check_ports = field_validator("grpc_port")(_port)
+
+
 class Settings(BaseSettings):
     """Everything configurable, grouped by section."""
 
@@ -116,6 +191,9 @@ class Settings(BaseSettings):
     interaction: InteractionSettings = InteractionSettings()
     edge: EdgeSettings = EdgeSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    bus: BusSettings = BusSettings()
+    background: BackgroundSettings = BackgroundSettings()
+    tools: ToolsSettings = ToolsSettings()
 
     @classmethod
     def settings_customise_sources(

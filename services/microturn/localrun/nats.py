@@ -55,11 +55,16 @@ class NatsServer:
         return [
             nats_server_binary(),
             "--jetstream",
-            "--store_dir", str(self.store_dir),
-            "--addr", self.host,
-            "--port", str(self.port),
-            "--http_port", str(self.monitor_port),
-            "--server_name", f"microturn-{self.port}",
+            "--store_dir",
+            str(self.store_dir),
+            "--addr",
+            self.host,
+            "--port",
+            str(self.port),
+            "--http_port",
+            str(self.monitor_port),
+            "--server_name",
+            f"microturn-{self.port}",
         ]
 
     def is_ready(self) -> bool:
@@ -80,7 +85,9 @@ class NatsServer:
         deadline = time.monotonic() + timeout_s
         while not self.is_ready():
             if self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited with {self.proc.returncode}: {' '.join(self.command())}")
+                raise RuntimeError(
+                    f"nats-server exited with {self.proc.returncode}: {' '.join(self.command())}"
+                )
             if time.monotonic() > deadline:
                 self.stop()
                 raise TimeoutError(f"nats-server not ready on {self.url} after {timeout_s}s")

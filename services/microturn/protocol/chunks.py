@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 
 from microturn.protocol.clock import ChunkClock, now_unix_us
@@ -41,7 +42,7 @@ def hop_latencies_us(header: chunk_pb2.ChunkHeader, received_us: int | None = No
     """Latency of each hop: ``"a->b"`` is b's stamp minus a's; the last hop to the receiver is
     ``"a->recv"`` when ``received_us`` is given."""
     hops = list(header.hops)
-    out = {f"{a.hop}->{b.hop}": b.sent_unix_us - a.sent_unix_us for a, b in zip(hops, hops[1:], strict=False)}
+    out = {f"{a.hop}->{b.hop}": b.sent_unix_us - a.sent_unix_us for a, b in itertools.pairwise(hops)}
     if received_us is not None and hops:
         out[f"{hops[-1].hop}->recv"] = received_us - hops[-1].sent_unix_us
     return out

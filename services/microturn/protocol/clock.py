@@ -69,4 +69,6 @@ class ChunkClock:
 
     def _check_origin(self, t0_ms: int) -> None:
         if t0_ms % self.chunk_ms:
-            raise ValueError(f"session origin {t0_ms} ms is not a multiple of the chunk length {self.chunk_ms} ms")
+            raise ValueError(
+                f"session origin {t0_ms} ms is not a multiple of the chunk length {self.chunk_ms} ms"
+            )

@@ -1,0 +1,180 @@
+"""One NATS connection per process, with the JetStream helpers every service needs.
+
+Publishing retries across a NATS restart (the client reconnects on its own) until the publish
+timeout, so a short outage delays work instead of losing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+
+import nats
+from google.protobuf.message import Message
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import ConnectionClosedError, NoServersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import PubAck, RawStreamMsg
+from nats.js.errors import NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
+
+from microturn.bus import subjects
+from microturn.bus.errors import PublishError
+from microturn.bus.streams import ensure_streams
+from microturn.config import BusSettings
+
+log = logging.getLogger(__name__)
+
+MSG_ID = "Nats-Msg-Id"
+DEAD_REASON = "Microturn-Dead-Reason"
+DEAD_DELIVERIES = "Microturn-Deliveries"
+DEAD_SUBJECT = "Microturn-Original-Subject"
+DEAD_STREAM_SEQ = "Microturn-Original-Seq"
+
+_TRANSIENT = (
+    NatsTimeoutError,
+    NoStreamResponseError,
+    ConnectionClosedError,
+    ServiceUnavailableError,
+    OSError,
+)
+
+
+def trace_headers(headers: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Headers carrying the current trace context, so the consumer's spans join the same trace."""
+    out = dict(headers or {})
+    propagate.inject(out)
+    return out
+
+
+def trace_context(msg: Msg | RawStreamMsg) -> otel_context.Context:
+    """The trace context a message was published under (empty when it carries none)."""
+    return propagate.extract(dict(msg.headers or {}))
+
+
+class Bus:
+    """A NATS connection plus JetStream, with retrying publishes and dead-lettering."""
+
+    def __init__(self, nc: Client, settings: BusSettings) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=5.0)
+        self.settings = settings
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        settings: BusSettings | None = None,
+        name: str = "microturn",
+        connect_timeout_s: float = 30.0,
+        create_streams: bool = True,
+    ) -> Bus:
+        """Connect (retrying until ``connect_timeout_s``: NATS may start after us) and ensure the streams."""
+        settings = settings or BusSettings()
+
+        async def on_error(exc: Exception) -> None:
+            log.debug("nats: %s", exc)
+
+        async def on_disconnect() -> None:
+            log.warning("nats: disconnected, reconnecting")
+
+        async def on_reconnect() -> None:
+            log.info("nats: reconnected")
+
+        deadline = time.monotonic() + connect_timeout_s
+        while True:
+            try:
+                nc = await nats.connect(
+                    url,
+                    name=name,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.2,
+                    connect_timeout=2,
+                    error_cb=on_error,
+                    disconnected_cb=on_disconnect,
+                    reconnected_cb=on_reconnect,
+                )
+                break
+            except (NoServersError, OSError, NatsTimeoutError) as exc:
+                if time.monotonic() > deadline:
+                    raise ConnectionError(f"cannot reach NATS at {url}: {exc}") from exc
+                await asyncio.sleep(0.3)
+        bus = cls(nc, settings)
+        if create_streams:
+            await bus.retrying(lambda: ensure_streams(bus.js, settings), "create streams")
+        return bus
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            await self.nc.drain()
+
+    async def retrying(self, op, what: str, timeout_s: float | None = None):
+        """Run ``op()`` until it succeeds or ``timeout_s`` passes, riding out NATS reconnects."""
+        deadline = time.monotonic() + (timeout_s or self.settings.publish_timeout_s)
+        delay = 0.05
+        while True:
+            try:
+                return await op()
+            except _TRANSIENT as exc:
+                if time.monotonic() + delay > deadline:
+                    raise PublishError(f"{what}: NATS unavailable ({type(exc).__name__}: {exc})") from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def publish(
+        self,
+        subject: str,
+        message: Message | bytes,
+        msg_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> PubAck:
+        """Publish to JetStream and wait for the stream's ack; ``msg_id`` de-duplicates re-publishes."""
+        payload = message if isinstance(message, bytes) else message.SerializeToString()
+        if len(payload) > self.settings.max_payload_bytes:
+            raise ValueError(
+                f"message for {subject} is {len(payload)} bytes, over bus.max_payload_bytes="
+                f"{self.settings.max_payload_bytes}"
+            )
+        hdrs = dict(headers or {})
+        if msg_id:
+            hdrs[MSG_ID] = msg_id
+        return await self.retrying(
+            lambda: self.js.publish(subject, payload, headers=hdrs or None), f"publish {subject}"
+        )
+
+    async def last_message(self, stream: str, subject: str) -> RawStreamMsg | None:
+        """The newest message on ``subject`` in ``stream``, or None."""
+
+        async def get() -> RawStreamMsg | None:
+            try:
+                return await self.js.get_last_msg(stream, subject)
+            except NotFoundError:
+                return None
+
+        return await self.retrying(get, f"read {stream}/{subject}")
+
+    async def dead_letter(self, kind: str, msg: Msg, reason: str) -> None:
+        """Copy a message that will not be retried to ``mt.dead.<kind>``, with why and how often it failed."""
+        meta = msg.metadata
+        seq = meta.sequence.stream
+        headers = {
+            DEAD_REASON: reason[:1000],
+            DEAD_DELIVERIES: str(meta.num_delivered),
+            DEAD_SUBJECT: msg.subject,
+            DEAD_STREAM_SEQ: str(seq),
+        }
+        await self.publish(
+            subjects.dead_subject(kind), msg.data, msg_id=f"dead-{meta.stream}-{seq}", headers=headers
+        )
+        log.warning(
+            "dead-lettered %s #%s after %d deliveries: %s", msg.subject, seq, meta.num_delivered, reason
+        )
+
+
+__all__ = ["Bus", "PublishError", "trace_context", "trace_headers"]

@@ -1,0 +1,199 @@
+"""A durable pull consumer used as a work queue: instances of a service share one consumer, so each
+message is worked on by one of them at a time.
+
+Per message: a heartbeat (``+WPI``) keeps it from being redelivered while work goes on, so
+``ack_wait`` can stay short and a crashed instance's work moves on quickly; the ack goes out only
+after the work is done. A failing attempt is nak'ed with a growing delay; the last allowed attempt,
+a :class:`PermanentError`, or a delivery past the limit (an instance crashed on it every time) sends
+the message to the dead-letter subject instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
+
+from microturn.bus.connection import Bus
+from microturn.bus.errors import Defer, PermanentError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Which delivery of a message this is; ``max_attempts`` None means unbounded."""
+
+    number: int
+    max_attempts: int | None
+
+    @property
+    def is_last(self) -> bool:
+        return self.max_attempts is not None and self.number >= self.max_attempts
+
+
+Handler = Callable[[Msg, Attempt], Awaitable[None]]
+DeadHook = Callable[[Msg, str], Awaitable[None]]
+
+
+class WorkQueue:
+    """Run ``handler`` for every message on a durable consumer, at most ``concurrency`` at a time."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        stream: str,
+        subject: str,
+        durable: str,
+        kind: str,
+        handler: Handler,
+        concurrency: int,
+        max_attempts: int | None = -1,
+        on_dead: DeadHook | None = None,
+    ) -> None:
+        self.bus = bus
+        self.stream = stream
+        self.subject = subject
+        self.durable = durable
+        self.kind = kind
+        self.handler = handler
+        self.concurrency = concurrency
+        self.max_attempts = bus.settings.max_attempts if max_attempts == -1 else max_attempts
+        self.on_dead = on_dead
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    def consumer_config(self) -> ConsumerConfig:
+        s = self.bus.settings
+        return ConsumerConfig(
+            durable_name=self.durable,
+            filter_subject=self.subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=s.ack_wait_s,
+            # One delivery past the limit, so a message that crashed every attempt is seen once more
+            # and dead-lettered instead of silently dropped by the server.
+            max_deliver=self.max_attempts + 1 if self.max_attempts is not None else -1,
+            max_ack_pending=max(1000, self.concurrency * 4),
+        )
+
+    async def start(self) -> None:
+        async def subscribe() -> JetStreamContext.PullSubscription:
+            await self.bus.js.add_consumer(self.stream, self.consumer_config())
+            return await self.bus.js.pull_subscribe_bind(self.durable, stream=self.stream)
+
+        self._sub = await self.bus.retrying(subscribe, f"create consumer {self.stream}/{self.durable}")
+        self._loop_task = asyncio.create_task(self._fetch_loop(), name=f"workqueue-{self.durable}")
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop taking work, let in-flight work finish for ``grace_s``, then nak what is left."""
+        self._stopping.set()
+        if self._loop_task:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        grace = self.bus.settings.shutdown_grace_s if grace_s is None else grace_s
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+    async def _fetch_loop(self) -> None:
+        assert self._sub is not None
+        while not self._stopping.is_set():
+            if len(self._tasks) >= self.concurrency:
+                await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                msgs = await self._sub.fetch(batch=1, timeout=1.0)
+            except (TimeoutError, NatsTimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # disconnected: the client reconnects, we poll again
+                log.debug("fetch from %s failed: %s", self.durable, exc)
+                await asyncio.sleep(0.2)
+                continue
+            for msg in msgs:
+                task = asyncio.create_task(self._process(msg))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _process(self, msg: Msg) -> None:
+        attempt = Attempt(msg.metadata.num_delivered, self.max_attempts)
+        if self.max_attempts is not None and attempt.number > self.max_attempts:
+            await self._dead(
+                msg, f"gave up: delivered {attempt.number} times without an ack (worker crashes?)"
+            )
+            return
+        heartbeat = asyncio.create_task(self._keep_alive(msg))
+        try:
+            await self.handler(msg, attempt)
+        except asyncio.CancelledError:
+            # Shutting down: hand the message back now rather than after ack_wait.
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            raise
+        except Defer as d:
+            await self._settle(msg.nak(delay=max(d.delay_s, 0.001)))
+        except PermanentError as exc:
+            await self._dead(msg, f"permanent error: {exc}")
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            if attempt.is_last:
+                await self._dead(msg, f"failed {attempt.number} times, last: {reason}")
+            else:
+                log.warning("attempt %d on %s failed, retrying: %s", attempt.number, msg.subject, reason)
+                await self._settle(msg.nak(delay=self.bus.settings.retry_delay_s * attempt.number))
+        else:
+            await self._ack(msg)
+        finally:
+            heartbeat.cancel()
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        period = max(self.bus.settings.ack_wait_s / 3, 0.05)
+        while True:
+            await asyncio.sleep(period)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    async def _ack(self, msg: Msg) -> None:
+        await self._settle(self.bus.retrying(lambda: msg.ack_sync(timeout=2.0), "ack"))
+
+    async def _settle(self, op: Awaitable[object]) -> None:
+        # If this fails the message is redelivered after ack_wait; de-duplication keeps the outcome single.
+        try:
+            await op
+        except Exception as exc:
+            log.warning("could not settle a message on %s: %s", self.durable, exc)
+
+    async def _dead(self, msg: Msg, reason: str) -> None:
+        if self.on_dead is not None:
+            try:
+                await self.on_dead(msg, reason)
+            except Exception:
+                log.exception("dead-letter hook failed")
+        try:
+            await self.bus.dead_letter(self.kind, msg, reason)
+        except Exception:
+            log.exception("could not dead-letter %s; leaving it for redelivery", msg.subject)
+            return
+        await self._ack(msg)
