@@ -118,7 +118,9 @@ def test_stubs_match_protos(tmp_path):
     assert names == sorted(p.name for p in committed.iterdir() if p.is_file()), (
         "stub files differ: run `make protos`"
     )
-    _match, mismatch, errors = filecmp.cmpfiles(tmp_path / "microturn" / "v1", committed, names, shallow=False)
+    _match, mismatch, errors = filecmp.cmpfiles(
+        tmp_path / "microturn" / "v1", committed, names, shallow=False
+    )
     assert not mismatch and not errors, f"stale stubs {mismatch + errors}: run `make protos`"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -12,8 +13,12 @@ from microturn.localrun.ports import PortInUseError
 
 
 def _settings(ns: argparse.Namespace):
-    overrides = {"state_dir": ns.state_dir} if ns.state_dir else None
-    return load_settings(ns.config, overrides)
+    # Through the environment, so that every child process of a local run sees the same settings.
+    if ns.config:
+        os.environ["MICROTURN_CONFIG"] = str(ns.config.resolve())
+    if ns.state_dir:
+        os.environ["MICROTURN_STATE_DIR"] = str(ns.state_dir.resolve())
+    return load_settings()
 
 
 def cmd_up(ns: argparse.Namespace) -> int:

@@ -82,10 +82,38 @@ class InteractionSettings(_Section):
 
     grpc_port: Port = 9000
     http_port: Port = 8000
+    host: str = "127.0.0.1"
+    app_name: str = "interaction"
+    replicas: int = Field(1, ge=1, le=1024)
+    num_cpus: float = Field(1.0, gt=0, description="ray_actor_options.num_cpus of each replica")
+    num_gpus: float = Field(0.0, ge=0, description="ray_actor_options.num_gpus of each replica")
+    device: str = Field("auto", description="torch device for the engine: auto, cpu, cuda, cuda:N")
+    torch_threads: int = Field(1, ge=1, le=256, description="intra-op threads of the engine step")
+    checkpoint: str | None = Field(None, description="model checkpoint dir; unset: the shipped default")
+    model_preset: str = Field(
+        "tiny", description="preset for a randomly initialised model when no checkpoint"
+    )
     tick_grace_ms: int = Field(30, ge=0, le=150, description="wait after each boundary for late chunks")
     session_slots: int = Field(32, ge=1, le=4096)
+    max_pending_chunks: int = Field(
+        10, ge=1, le=1000, description="chunks a session may queue ahead of its ticks"
+    )
+    detach_timeout_s: float = Field(
+        30.0, ge=0, le=3600, description="keep a session whose stream dropped this long for a reconnect"
+    )
+    retry_after_ms: int = Field(1000, ge=0, le=60_000, description="suggested wait in over-capacity errors")
+    context_utterances: int = Field(32, ge=1, le=1024, description="utterances kept for delegation context")
+    delegation_deadline_s: float = Field(30.0, gt=0, le=3600)
+    bus: bool = Field(True, description="connect to NATS for delegations and background updates")
 
     _check_ports = field_validator("grpc_port", "http_port")(_port)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "cuda") and not (v.startswith("cuda:") and v[5:].isdigit()):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {v!r}")
+        return v
 
 
 class EdgeSettings(_Section):
@@ -173,6 +201,9 @@ class ToolsSettings(_Section):
     calculator_max_chars: int = Field(256, ge=1, le=10_000)
     calculator_max_int_bits: int = Field(4096, ge=64, le=1_000_000)
     calculator_max_exponent: int = Field(10_000, ge=1, le=1_000_000)
+    timeout_ms: dict[str, int] = Field(
+        default_factory=dict, description="per-tool timeout overrides, e.g. {knowledge_search: 30000}"
+    )
 
     _check_ports = field_validator("grpc_port")(_port)
 

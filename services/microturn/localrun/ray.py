@@ -14,8 +14,8 @@ from pathlib import Path
 from microturn.config import RaySettings
 from microturn.localrun.process import ServiceSpec
 
-# Unix socket paths are limited to 107 bytes; Ray puts its sockets deep inside the temp dir.
-_MAX_TEMP_DIR = 60
+# Unix socket paths are limited to 107 bytes; Ray puts its sockets ~65 bytes deep in the temp dir.
+_MAX_TEMP_DIR = 40
 
 
 def ray_temp_dir(state_dir: Path) -> Path:

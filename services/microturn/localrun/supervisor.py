@@ -47,6 +47,21 @@ def nats_spec(settings: Settings) -> ServiceSpec:
     )
 
 
+def interaction_spec(settings: Settings) -> ServiceSpec:
+    """Deploys the Serve config to the Ray cluster and reports the application's status."""
+    from microturn.interaction.serve_config import is_running
+
+    cfg = settings.interaction
+    return ServiceSpec(
+        name="interaction",
+        argv=[sys.executable, "-m", "microturn.interaction.serve_config", "--deploy", "--watch"],
+        ready=lambda: is_running(settings),
+        endpoints={"grpc": f"{cfg.host}:{cfg.grpc_port}", "application": cfg.app_name},
+        ready_timeout_s=300.0,
+        stop_grace_s=5.0,
+    )
+
+
 def build_specs(settings: Settings) -> list[ServiceSpec]:
     """The children of a local run, in start order (stopped in reverse)."""
     specs = []
@@ -54,6 +69,7 @@ def build_specs(settings: Settings) -> list[ServiceSpec]:
         specs.append(nats_spec(settings))
     if settings.ray.address is None:
         specs.append(ray_head_spec(settings.ray, settings.state_dir))
+        specs.append(interaction_spec(settings))
     return specs
 
 
@@ -70,6 +86,8 @@ def required_ports(settings: Settings) -> list[tuple[str, str, int]]:
             ("ray.dashboard_port", "127.0.0.1", r.dashboard_port),
             ("ray.dashboard_agent_port", "127.0.0.1", r.dashboard_agent_port),
             ("ray.client_server_port", "127.0.0.1", r.client_server_port),
+            ("interaction.grpc_port", "0.0.0.0", settings.interaction.grpc_port),
+            ("interaction.http_port", settings.interaction.host, settings.interaction.http_port),
         ]
     return ports
 

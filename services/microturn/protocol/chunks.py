@@ -6,7 +6,7 @@ import itertools
 import re
 
 from microturn.protocol.clock import ChunkClock, now_unix_us
-from microturn.v1 import chunk_pb2
+from microturn.v1 import chunk_pb2, media_pb2
 
 SESSION_ID_MAX_BYTES = 64
 _SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -46,3 +46,28 @@ def hop_latencies_us(header: chunk_pb2.ChunkHeader, received_us: int | None = No
     if received_us is not None and hops:
         out[f"{hops[-1].hop}->recv"] = received_us - hops[-1].sent_unix_us
     return out
+
+
+def input_chunk(
+    session_id: str,
+    index: int,
+    t0_ms: int,
+    pcm_s16le: bytes,
+    *,
+    clock: ChunkClock | None = None,
+    frames: list[media_pb2.VideoFrame] | None = None,
+    typed: list[str] | None = None,
+    sample_rate_hz: int = 16_000,
+) -> media_pb2.InputChunk:
+    """An InputChunk of one micro-turn: mono PCM16 audio, optional frames and typed text."""
+    clock = clock or ChunkClock()
+    chunk = media_pb2.InputChunk(
+        header=make_header(session_id, index, t0_ms, clock),
+        audio=media_pb2.AudioPcm(sample_rate_hz=sample_rate_hz, channels=1, pcm_s16le=pcm_s16le),
+        video=frames or [],
+    )
+    for text in typed or []:
+        chunk.text.add(
+            text=text, source=media_pb2.TEXT_SOURCE_USER_TYPED, created_unix_ms=clock.start(t0_ms, index)
+        )
+    return chunk

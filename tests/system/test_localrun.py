@@ -4,98 +4,18 @@ stopping (by `down` or Ctrl-C) leaves no process behind. Port clashes and bad se
 from __future__ import annotations
 
 import asyncio
-import os
-import queue
 import signal
 import socket
 import subprocess
-import sys
-import threading
-import time
 import urllib.request
-from pathlib import Path
 
 import nats
-import psutil
 import pytest
-from microturn.localrun.ports import free_port
 from microturn.localrun.process import group_members
 from microturn.localrun.ray import ray_temp_dir
 from microturn.localrun.supervisor import read_run_file
 
-MICROTURN = [sys.executable, "-m", "microturn"]
-
-
-def local_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MICROTURN_")}
-    env.update(
-        MICROTURN_NATS__PORT=str(free_port()),
-        MICROTURN_NATS__MONITOR_PORT=str(free_port()),
-        MICROTURN_RAY__PORT=str(free_port()),
-        MICROTURN_RAY__DASHBOARD_PORT=str(free_port()),
-        MICROTURN_RAY__DASHBOARD_AGENT_PORT=str(free_port()),
-        MICROTURN_RAY__CLIENT_SERVER_PORT=str(free_port()),
-        MICROTURN_RAY__NUM_CPUS="1",
-    )
-    env.update(extra)
-    return env
-
-
-class Up:
-    """A `microturn up` child whose output is read line by line in a thread."""
-
-    def __init__(self, state: Path, env: dict[str, str]) -> None:
-        self.state, self.env = state, env
-        self.proc = subprocess.Popen(
-            [*MICROTURN, "--state-dir", str(state), "up"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.log: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip())
-
-    def wait_for(self, text: str, timeout_s: float) -> str:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.5)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    break
-                continue
-            self.log.append(line)
-            if text in line:
-                return line
-        raise AssertionError(f"{text!r} not seen; output:\n" + "\n".join(self.log[-40:]))
-
-    def drain(self) -> str:
-        """Everything printed so far (for assertion messages)."""
-        while not self.lines.empty():
-            self.log.append(self.lines.get())
-        return "\n".join(self.log[-40:])
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def processes_mentioning(*needles: str) -> list[str]:
-    found = []
-    for p in psutil.process_iter(["pid", "cmdline", "status"]):
-        cmd = " ".join(p.info["cmdline"] or [])
-        if (
-            p.info["status"] != psutil.STATUS_ZOMBIE
-            and any(n in cmd for n in needles)
-            and p.pid != os.getpid()
-        ):
-            found.append(f"{p.pid}: {cmd[:120]}")
-    return found
+from .conftest import MICROTURN, Up, local_env, processes_mentioning
 
 
 async def _jetstream_ok(url: str) -> bool:
@@ -124,8 +44,10 @@ def test_up_reports_ready_and_down_leaves_nothing(tmp_path):
         assert asyncio.run(_jetstream_ok(f"nats://127.0.0.1:{env['MICROTURN_NATS__PORT']}"))
         with urllib.request.urlopen(f"{dashboard}/api/gcs_healthz", timeout=5) as r:
             assert r.status == 200
+        grpc_port = env["MICROTURN_INTERACTION__GRPC_PORT"]
+        assert f"127.0.0.1:{grpc_port}" in banner
         run = read_run_file(state)
-        assert run and set(run["children"]) == {"nats", "ray"}
+        assert run and set(run["children"]) == {"nats", "ray", "interaction"}
         pgids = list(run["children"].values())
         assert all(group_members(g) for g in pgids)
 

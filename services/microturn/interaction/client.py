@@ -1,0 +1,193 @@
+"""A client of the Interaction service for one session, with the recovery protocol built in.
+
+It keeps the session's input chunks (all of them, or a bounded recent window), and when the
+replica answers UNKNOWN_SESSION or DRAINING, or the stream breaks, it reopens the stream — the
+session-affinity router sends it to whichever replica owns the session now — replaying the chunks
+already answered and resending the ones in flight. Background updates the model consumed
+(BackgroundUpdateConsumed events) are kept with their input chunk, so a replay feeds them again
+at the same micro-turn. The edge uses it for every call; tests and benchmarks use it directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+
+import grpc
+
+from microturn.interaction.affinity import stream_metadata
+from microturn.interaction.errors import Code
+from microturn.protocol.chunks import stamp
+from microturn.protocol.clock import CHUNK_MS
+from microturn.v1 import interaction_pb2, interaction_pb2_grpc, media_pb2
+
+log = logging.getLogger(__name__)
+
+RECOVERABLE = {Code.ERROR_CODE_UNKNOWN_SESSION, Code.ERROR_CODE_DRAINING}
+RECOVERABLE_STATUS = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL,
+                      grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED}  # fmt: skip
+
+
+class SessionRejected(Exception):
+    """The service refused to open the session (e.g. over capacity); ``error.retryable`` says
+    whether trying again later may work."""
+
+    def __init__(self, error: interaction_pb2.Error) -> None:
+        super().__init__(f"{interaction_pb2.ErrorCode.Name(error.code)}: {error.message}")
+        self.error = error
+
+
+class InteractionSession:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        app_name: str,
+        session_id: str,
+        *,
+        seed: int = 0,
+        t0_ms: int,
+        chunk_ms: int = CHUNK_MS,
+        window_chunks: int | None = None,
+        max_recoveries: int = 10,
+        hop: str = "client",
+    ) -> None:
+        self.stub = interaction_pb2_grpc.InteractionStub(channel)
+        self.app_name, self.session_id, self.seed = app_name, session_id, seed
+        self.t0_ms, self.chunk_ms = t0_ms, chunk_ms
+        self.window_chunks = window_chunks
+        self.max_recoveries = max_recoveries
+        self.hop = hop
+        self.window: OrderedDict[int, media_pb2.InputChunk] = OrderedDict()
+        self.next_index = 0  # next chunk to send
+        self.answered = -1  # last chunk with an output
+        self.recoveries = 0
+        self.accepted: interaction_pb2.SessionAccepted | None = None
+        self._call: grpc.aio.StreamStreamCall | None = None
+        self._lock = asyncio.Lock()
+
+    # -- opening and recovery ------------------------------------------------------------------
+    async def open(self) -> interaction_pb2.SessionAccepted:
+        return await self._open(first=0, live_from=0)
+
+    async def _open(self, first: int, live_from: int) -> interaction_pb2.SessionAccepted:
+        call = self.stub.Converse(metadata=stream_metadata(self.app_name, self.session_id))
+        await call.write(
+            interaction_pb2.ClientMessage(
+                open=interaction_pb2.OpenSession(
+                    session_id=self.session_id,
+                    seed=self.seed,
+                    first_chunk_index=first,
+                    first_media_start_unix_ms=self.t0_ms + first * self.chunk_ms,
+                    live_from_chunk_index=live_from,
+                )
+            )
+        )
+        for k in range(first, live_from):  # the replay
+            await call.write(interaction_pb2.ClientMessage(chunk=self.window[k]))
+        reply = await call.read()
+        if reply is grpc.aio.EOF:
+            raise ConnectionError("the stream ended before the session was accepted")
+        if reply.WhichOneof("kind") == "error":
+            call.cancel()
+            raise SessionRejected(reply.error)
+        self._call = call
+        self.accepted = reply.accepted
+        for k in range(live_from, self.next_index):  # chunks in flight when the last stream broke
+            await call.write(interaction_pb2.ClientMessage(chunk=self.window[k]))
+        return reply.accepted
+
+    async def recover(self) -> interaction_pb2.SessionAccepted:
+        """Reopen on the session's current owner, replaying what was answered."""
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+        self.recoveries += 1
+        if self.recoveries > self.max_recoveries:
+            raise ConnectionError(
+                f"session {self.session_id}: gave up after {self.max_recoveries} recoveries"
+            )
+        first = next(iter(self.window), self.answered + 1)
+        live_from = self.answered + 1
+        delay = 0.05
+        while True:
+            try:
+                accepted = await self._open(first, live_from)
+                log.info("session %s recovered on replica %s (replayed %d chunks)",
+                         self.session_id, accepted.replica_id, live_from - first)  # fmt: skip
+                return accepted
+            except SessionRejected as exc:
+                if not exc.error.retryable:
+                    raise
+                await asyncio.sleep(max(delay, exc.error.retry_after_ms / 1000))
+            except (grpc.aio.AioRpcError, ConnectionError) as exc:
+                log.info("session %s: reopen failed (%s); retrying", self.session_id, exc)
+                await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    # -- traffic -------------------------------------------------------------------------------
+    async def send(self, chunk: media_pb2.InputChunk) -> None:
+        """Send the next chunk (its index must be ``next_index``)."""
+        if chunk.header.chunk_index != self.next_index:
+            raise ValueError(f"chunk {chunk.header.chunk_index} sent, next is {self.next_index}")
+        stamp(chunk.header, self.hop)
+        self.window[self.next_index] = chunk
+        if self.window_chunks is not None:
+            while len(self.window) > self.window_chunks and next(iter(self.window)) <= self.answered:
+                self.window.popitem(last=False)
+        self.next_index += 1
+        try:
+            assert self._call is not None, "open() first"
+            await self._call.write(interaction_pb2.ClientMessage(chunk=chunk))
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+            pass  # the read side notices and recovers; the chunk is in the window
+
+    async def receive(self) -> interaction_pb2.ServerMessage:
+        """The next output chunk or (non-recoverable) error; recovers transparently."""
+        while True:
+            assert self._call is not None, "open() first"
+            try:
+                msg = await self._call.read()
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RECOVERABLE_STATUS:
+                    raise
+                log.info("session %s: stream failed (%s); recovering", self.session_id, exc.code().name)
+                await self.recover()
+                continue
+            if msg is grpc.aio.EOF:
+                await self.recover()
+                continue
+            kind = msg.WhichOneof("kind")
+            if kind == "error" and msg.error.code in RECOVERABLE:
+                await self.recover()
+                continue
+            if kind == "chunk":
+                self._answered(msg.chunk)
+            return msg
+
+    def _answered(self, out: media_pb2.OutputChunk) -> None:
+        k = out.header.chunk_index
+        self.answered = max(self.answered, k)
+        chunk = self.window.get(k)
+        if chunk is None:
+            return
+        for ev in out.events:
+            if ev.WhichOneof("kind") == "background_update":
+                u = ev.background_update
+                chunk.text.add(
+                    text=u.text, source=media_pb2.TEXT_SOURCE_BACKGROUND, delegation_id=u.delegation_id
+                )
+
+    async def close(self, reason: str = "") -> None:
+        if self._call is None:
+            return
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+            await self._call.write(
+                interaction_pb2.ClientMessage(
+                    close=interaction_pb2.CloseSession(session_id=self.session_id, reason=reason)
+                )
+            )
+            await self._call.done_writing()
+        self._call.cancel()
+        self._call = None

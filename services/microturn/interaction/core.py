@@ -1,0 +1,501 @@
+"""The replica: sessions held in the streaming engine, one tick per micro-turn for all of them.
+
+``InteractionCore`` is everything a replica does, independent of Ray Serve (the deployment in
+``deployment.py`` is a thin wrapper), so the protocol and the tick loop are tested directly and
+through the real Serve gRPC proxy alike.
+
+Stream protocol (see protos/microturn/v1/interaction.proto):
+- OpenSession, first_chunk_index 0: a new session.
+- OpenSession with live_from_chunk_index > first_chunk_index: the chunks before live_from are a
+  replay (from a client whose replica lost the session); they rebuild the slot, produce no output.
+- OpenSession with first_chunk_index > 0 and no replay: re-attach to a session this replica still
+  holds (the stream dropped); a replica that does not hold it answers UNKNOWN_SESSION.
+- A stream that ends without CloseSession detaches its session for ``detach_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from microturn.config import Settings
+from microturn.engine import DelegationOpened, Engine, EngineError, EngineFullError, SpeakingChanged
+from microturn.interaction.bridge import DelegationBridge, update_card, update_text
+from microturn.interaction.errors import Code, StreamError, error_message
+from microturn.interaction.model_loader import load_model, resolve_device
+from microturn.interaction.session import PendingUpdate, Session
+from microturn.model import InteractionModel
+from microturn.protocol.chunks import validate_session_id
+from microturn.protocol.clock import ChunkClock, now_unix_ms, now_unix_us
+from microturn.telemetry import log_context, session_attributes
+from microturn.v1 import chunk_pb2, delegation_pb2, interaction_pb2, media_pb2
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TickStats:
+    """Recent ticks, for health, the benchmark and metrics."""
+
+    ticks: int = 0
+    chunks: int = 0
+    misses: int = 0
+    last_batch: int = 0
+    batches: deque[int] = field(default_factory=lambda: deque(maxlen=1000))
+    durations_us: deque[int] = field(default_factory=lambda: deque(maxlen=1000))
+
+
+class InteractionCore:
+    def __init__(self, settings: Settings, replica_id: str, model: InteractionModel | None = None) -> None:
+        self.settings = settings
+        self.cfg = settings.interaction
+        self.limits = settings.limits
+        self.replica_id = replica_id
+        torch.set_num_threads(self.cfg.torch_threads)
+        model = model if model is not None else load_model(self.cfg)
+        if model.cfg.chunk_ms != self.limits.chunk_ms:
+            raise ValueError(
+                f"model chunks are {model.cfg.chunk_ms} ms but limits.chunk_ms is {self.limits.chunk_ms}"
+            )
+        self.engine = Engine(
+            model,
+            self.cfg.session_slots,
+            device=resolve_device(self.cfg.device),
+            max_video_frames=self.limits.max_video_frames_per_chunk,
+        )
+        self.clock = ChunkClock(self.limits.chunk_ms)
+        self.sessions: dict[str, Session] = {}
+        self.stats = TickStats()
+        self.draining = False
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="engine-step")
+        self._lock: asyncio.Lock | None = None
+        self._tick_task: asyncio.Task[None] | None = None
+        self._delegation_ids = itertools.count(1)
+        self.bridge = DelegationBridge(settings, self._on_update) if self.cfg.bus else None
+        self._background: set[asyncio.Task[object]] = set()
+        self._tracer = trace.get_tracer("microturn.interaction")
+        self._instruments()
+
+    # -- metrics -------------------------------------------------------------------------------
+    def _instruments(self) -> None:
+        meter = metrics.get_meter("microturn.interaction")
+        self._m_tick = meter.create_histogram(
+            "microturn_tick_duration", unit="ms", description="engine step per tick"
+        )
+        self._m_batch = meter.create_histogram("microturn_tick_batch_size", description="sessions per tick")
+        self._m_miss = meter.create_counter(
+            "microturn_chunk_deadline_misses",
+            description="outputs later than one micro-turn after their input ended",
+        )
+        self._m_errors = meter.create_counter(
+            "microturn_stream_errors", description="typed errors sent, by code"
+        )
+
+        def lag(_: CallbackOptions) -> list[Observation]:
+            now = now_unix_ms()
+            return [
+                Observation(
+                    self.clock.lag_ms(s.t0_ms + s.next_index * self.limits.chunk_ms, now), {"session.id": sid}
+                )
+                for sid, s in list(self.sessions.items())
+                if s.outbox is not None
+            ]
+
+        meter.create_observable_gauge(
+            "microturn_session_lag",
+            [lag],
+            unit="ms",
+            description="wall time past the end of the next expected chunk",
+        )
+        meter.create_observable_gauge(
+            "microturn_sessions", [lambda _: [Observation(len(self.sessions), {"replica": self.replica_id})]]
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the tick loop and the bus bridge (idempotent; needs the running event loop)."""
+        if self._tick_task is None:
+            self._lock = asyncio.Lock()
+            self._tick_task = asyncio.create_task(self._tick_loop(), name="tick-loop")
+            if self.bridge is not None:
+                self.bridge.start()
+
+    def check_health(self) -> None:
+        if self._tick_task is not None and self._tick_task.done():
+            exc = self._tick_task.exception() if not self._tick_task.cancelled() else None
+            raise RuntimeError(f"tick loop stopped: {exc!r}")
+
+    async def drain(self) -> None:
+        """Stop accepting; tell every attached client to reopen elsewhere (with a replay)."""
+        self.draining = True
+        for session in list(self.sessions.values()):
+            session.send(
+                error_message(
+                    Code.ERROR_CODE_UNKNOWN_SESSION,
+                    f"replica {self.replica_id} is shutting down: reopen the session with a replay",
+                    session.session_id,
+                    session.next_index,
+                )
+            )
+            await self._close(session, cancel_delegations=False)
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tick_task
+        if self.bridge is not None:
+            await self.bridge.close()
+        self._executor.shutdown(wait=True)
+
+    # -- the stream ----------------------------------------------------------------------------
+    async def converse(
+        self, requests: AsyncIterator[interaction_pb2.ClientMessage]
+    ) -> AsyncIterator[interaction_pb2.ServerMessage]:
+        self.start()
+        try:
+            first = await anext(requests)
+        except StopAsyncIteration:
+            return
+        if first.WhichOneof("kind") != "open":
+            yield self._error(Code.ERROR_CODE_PROTOCOL, "the first message of a stream must be OpenSession")
+            return
+        op = first.open
+        try:
+            session = await self._open(op, requests)
+        except StreamError as exc:
+            self._m_errors.add(1, {"code": interaction_pb2.ErrorCode.Name(exc.code)})
+            yield exc.to_message(op.session_id)
+            return
+        if session.outbox is not None:  # another stream had it: that one ends, this one takes over
+            session.outbox.put_nowait(None)
+        outbox: asyncio.Queue[interaction_pb2.ServerMessage | None] = asyncio.Queue()
+        session.outbox, session.detached_at = outbox, None
+        yield interaction_pb2.ServerMessage(
+            accepted=interaction_pb2.SessionAccepted(
+                session_id=session.session_id,
+                replica_id=self.replica_id,
+                model_version=self.engine.model_version,
+                limits=interaction_pb2.SessionLimits(
+                    chunk_ms=self.limits.chunk_ms,
+                    sample_rate_hz=self.limits.sample_rate_hz,
+                    max_video_frames_per_chunk=self.limits.max_video_frames_per_chunk,
+                    video_width=self.limits.video_width,
+                    video_height=self.limits.video_height,
+                    max_text_bytes_per_chunk=self.limits.max_text_bytes_per_chunk,
+                ),
+            )
+        )
+        reader = asyncio.create_task(self._read(session, requests, outbox))
+        try:
+            while (msg := await outbox.get()) is not None:
+                yield msg
+        finally:
+            reader.cancel()
+            if session.outbox is outbox and not session.closed:
+                session.outbox, session.detached_at = None, time.monotonic()
+                log.info("session detached", extra={"fields": {"session.id": session.session_id}})
+
+    async def _open(
+        self, op: interaction_pb2.OpenSession, requests: AsyncIterator[interaction_pb2.ClientMessage]
+    ) -> Session:
+        try:
+            sid = validate_session_id(op.session_id)
+        except ValueError as exc:
+            raise StreamError(Code.ERROR_CODE_PROTOCOL, f"OpenSession.session_id: {exc}") from None
+        if self.draining:
+            raise StreamError(Code.ERROR_CODE_DRAINING, f"replica {self.replica_id} is shutting down")
+        if op.model_version and op.model_version != self.engine.model_version:
+            raise StreamError(
+                Code.ERROR_CODE_PROTOCOL,
+                f"model version {op.model_version!r} is not served here (this replica serves "
+                f"{self.engine.model_version!r})",
+            )
+        chunk_ms = self.limits.chunk_ms
+        replay = op.live_from_chunk_index > op.first_chunk_index
+        existing = self.sessions.get(sid)
+        if existing is not None and not replay and op.first_chunk_index > 0:
+            if op.first_chunk_index != existing.next_index:
+                raise StreamError(
+                    Code.ERROR_CODE_OUT_OF_ORDER,
+                    f"session {sid} continues at chunk {existing.next_index}, not {op.first_chunk_index}",
+                    op.first_chunk_index,
+                )
+            return existing
+        if existing is None and not replay and op.first_chunk_index > 0:
+            raise StreamError(
+                Code.ERROR_CODE_UNKNOWN_SESSION,
+                f"replica {self.replica_id} does not hold session {sid}: reopen it with a replay of its recent chunks",
+                op.first_chunk_index,
+            )
+        if op.first_media_start_unix_ms % chunk_ms:
+            raise StreamError(
+                Code.ERROR_CODE_PROTOCOL,
+                f"OpenSession.first_media_start_unix_ms {op.first_media_start_unix_ms} is not on a {chunk_ms} ms boundary",
+            )
+        if existing is not None:  # a replay replaces whatever this replica had
+            await self._close(existing, cancel_delegations=False)
+        if self.engine.free_slots == 0:
+            raise StreamError(
+                Code.ERROR_CODE_OVER_CAPACITY,
+                f"all {self.cfg.session_slots} session slots of replica {self.replica_id} are in use",
+                retry_after_ms=self.cfg.retry_after_ms,
+            )
+        session = Session(
+            session_id=sid,
+            seed=op.seed,
+            t0_ms=op.first_media_start_unix_ms - op.first_chunk_index * chunk_ms,
+            next_index=op.first_chunk_index,
+            live_from=max(op.live_from_chunk_index, op.first_chunk_index),
+            limits=self.limits,
+            max_pending=self.cfg.max_pending_chunks,
+            context_utterances=self.cfg.context_utterances,
+        )
+        assert self._lock is not None
+        with self._tracer.start_as_current_span(
+            "open", attributes=session_attributes(sid, op.first_chunk_index)
+        ):
+            if replay:
+                chunks = []
+                while session.next_index < session.live_from:
+                    try:
+                        msg = await anext(requests)
+                    except StopAsyncIteration:
+                        raise StreamError(
+                            Code.ERROR_CODE_PROTOCOL, "stream ended inside the replay"
+                        ) from None
+                    if msg.WhichOneof("kind") != "chunk":
+                        raise StreamError(
+                            Code.ERROR_CODE_PROTOCOL, "only chunks may follow a replaying OpenSession"
+                        )
+                    chunk = session.to_engine_chunk(msg.chunk)
+                    chunks.append(chunk)
+                    session.next_index += 1
+                    for text in chunk.text:
+                        session.note(delegation_pb2.SPEAKER_USER, text, chunk.chunk_index, typed=True)
+                async with self._lock:
+                    try:
+                        await asyncio.get_running_loop().run_in_executor(
+                            self._executor, self.engine.replay, sid, op.seed, chunks
+                        )
+                    except EngineFullError as exc:
+                        raise StreamError(
+                            Code.ERROR_CODE_OVER_CAPACITY, str(exc), retry_after_ms=self.cfg.retry_after_ms
+                        ) from None
+                    except EngineError as exc:
+                        raise StreamError(Code.ERROR_CODE_INVALID_CHUNK, f"replay failed: {exc}") from None
+            else:
+                async with self._lock:
+                    try:
+                        self.engine.open(sid, op.seed)
+                    except EngineFullError as exc:
+                        raise StreamError(
+                            Code.ERROR_CODE_OVER_CAPACITY, str(exc), retry_after_ms=self.cfg.retry_after_ms
+                        ) from None
+        self.sessions[sid] = session
+        if self.bridge is not None:
+            self.bridge.follow(sid)
+        log.info(
+            "session opened",
+            extra={"fields": {"session.id": sid, "replayed": session.live_from - op.first_chunk_index}},
+        )
+        return session
+
+    async def _read(
+        self,
+        session: Session,
+        requests: AsyncIterator[interaction_pb2.ClientMessage],
+        outbox: asyncio.Queue[interaction_pb2.ServerMessage | None],
+    ) -> None:
+        try:
+            async for msg in requests:
+                kind = msg.WhichOneof("kind")
+                if kind == "chunk":
+                    try:
+                        chunk = session.to_engine_chunk(msg.chunk)
+                        try:
+                            self.engine.validate(chunk)
+                        except EngineError as exc:
+                            raise StreamError(
+                                Code.ERROR_CODE_INVALID_CHUNK, str(exc), chunk.chunk_index
+                            ) from None
+                        session.accept(chunk, now_unix_us())
+                    except StreamError as exc:
+                        self._m_errors.add(1, {"code": interaction_pb2.ErrorCode.Name(exc.code)})
+                        outbox.put_nowait(exc.to_message(session.session_id))
+                elif kind == "close":
+                    await self._close(session, cancel_delegations=True)
+                    break
+                else:
+                    outbox.put_nowait(
+                        self._error(
+                            Code.ERROR_CODE_PROTOCOL,
+                            f"unexpected {kind} on an open stream",
+                            session.session_id,
+                        )
+                    )
+        except Exception as exc:  # the transport failed: treat as a dropped stream
+            log.info("stream of %s ended: %r", session.session_id, exc)
+        outbox.put_nowait(None)
+
+    async def _close(self, session: Session, cancel_delegations: bool) -> None:
+        if session.closed:
+            return
+        session.closed = True
+        session.pending.clear()
+        self.sessions.pop(session.session_id, None)
+        assert self._lock is not None
+        async with self._lock:
+            with contextlib.suppress(EngineError):
+                self.engine.close(session.session_id)
+        if self.bridge is not None:
+            await self.bridge.end(session.session_id, cancel=cancel_delegations)
+        if session.outbox is not None:
+            session.outbox.put_nowait(None)
+        log.info("session closed", extra={"fields": {"session.id": session.session_id}})
+
+    def _spawn(self, coro) -> None:
+        """Run a side task (acks, publishes) without losing its reference mid-flight."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _error(self, code: int, message: str, session_id: str = "") -> interaction_pb2.ServerMessage:
+        self._m_errors.add(1, {"code": interaction_pb2.ErrorCode.Name(code)})
+        return error_message(code, message, session_id)
+
+    # -- background updates --------------------------------------------------------------------
+    def _on_update(self, session_id: str, update: delegation_pb2.BackgroundUpdate, ack) -> None:
+        session = self.sessions.get(session_id)
+        if session is None:
+            return  # not acked: the next owner of the session gets it
+        text = update_text(update)
+        card = update_card(update)
+        if text is None:
+            if card is not None:
+                session.cards.append(card)
+            self._spawn(ack())
+            return
+        session.updates.append(PendingUpdate(update.delegation_id, update.seq, text, ack))
+
+    # -- the tick ------------------------------------------------------------------------------
+    async def _tick_loop(self) -> None:
+        chunk_ms, grace = self.limits.chunk_ms, self.cfg.tick_grace_ms
+        while True:
+            now = now_unix_ms()
+            tick_at = self.clock.floor(now - grace) + chunk_ms + grace
+            await asyncio.sleep((tick_at - now) / 1000)
+            self._reap_detached()
+            batch = [(s, s.pending.popleft()) for s in list(self.sessions.values()) if s.pending]
+            if batch:
+                try:
+                    await self._tick(batch)
+                except Exception:
+                    log.exception("tick failed")
+                    for s, _ in batch:
+                        s.send(self._error(Code.ERROR_CODE_INTERNAL, "the engine step failed", s.session_id))
+
+    async def _tick(self, batch: list[tuple[Session, object]]) -> None:
+        fed: list[list[PendingUpdate]] = []
+        for s, chunk in batch:
+            updates = s.take_updates()
+            chunk.background.extend(u.text for u in updates)
+            fed.append(updates)
+        inputs = [chunk for _, chunk in batch]
+        assert self._lock is not None
+        with self._tracer.start_as_current_span("tick", attributes={"batch.size": len(inputs)}):
+            t = time.perf_counter_ns()
+            async with self._lock:
+                outputs = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self.engine.step, inputs
+                )
+            engine_us = (time.perf_counter_ns() - t) // 1000
+        done_ms = now_unix_ms()
+        st = self.stats
+        st.ticks += 1
+        st.chunks += len(inputs)
+        st.last_batch = len(inputs)
+        st.batches.append(len(inputs))
+        st.durations_us.append(engine_us)
+        self._m_tick.record(engine_us / 1000)
+        self._m_batch.record(len(inputs))
+        for (s, chunk), out, updates in zip(batch, outputs, fed, strict=True):
+            k = chunk.chunk_index
+            media_start = s.t0_ms + k * self.limits.chunk_ms
+            if done_ms > media_start + 2 * self.limits.chunk_ms:
+                st.misses += 1
+                self._m_miss.add(1, {"session.id": s.session_id})
+            msg = media_pb2.OutputChunk(
+                header=chunk_pb2.ChunkHeader(
+                    session_id=s.session_id,
+                    chunk_index=k,
+                    media_start_unix_ms=media_start,
+                    duration_ms=self.limits.chunk_ms,
+                ),
+                audio=media_pb2.AudioPcm(
+                    sample_rate_hz=self.limits.sample_rate_hz,
+                    channels=1,
+                    pcm_s16le=out.pcm.astype("<i2").tobytes(),
+                ),
+                text=out.text,
+                model_version=out.model_version,
+                engine_us=min(engine_us, 2**32 - 1),
+            )
+            with log_context(session_id=s.session_id, chunk_index=k):
+                self._events(s, k, out.events, updates, msg)
+            s.note(delegation_pb2.SPEAKER_MODEL, out.text, k)
+            received = s.received.pop(k, None)
+            if received is not None:
+                msg.header.hops.add(hop="interaction-recv", sent_unix_us=received)
+            msg.header.hops.add(hop="interaction", sent_unix_us=now_unix_us())
+            s.send(interaction_pb2.ServerMessage(chunk=msg))
+            for u in updates:
+                if u.ack is not None:
+                    self._spawn(u.ack())
+
+    def _events(
+        self, s: Session, k: int, events, updates: list[PendingUpdate], msg: media_pb2.OutputChunk
+    ) -> None:
+        for u in updates:
+            msg.events.add().background_update.CopyFrom(
+                media_pb2.BackgroundUpdateConsumed(delegation_id=u.delegation_id, seq=u.seq, text=u.text)
+            )
+            s.note(delegation_pb2.SPEAKER_BACKGROUND, u.text, k)
+        while s.cards:
+            msg.events.add().ui_card.CopyFrom(s.cards.popleft())
+        for ev in events:
+            if isinstance(ev, SpeakingChanged):
+                msg.events.add().speaking.speaking = ev.speaking
+            elif isinstance(ev, DelegationOpened):
+                delegation_id = f"{s.session_id}-{k}-{next(self._delegation_ids)}"
+                msg.events.add().delegation_opened.CopyFrom(
+                    media_pb2.DelegationOpened(delegation_id=delegation_id, request=ev.request)
+                )
+                log.info("delegation %s: %s", delegation_id, ev.request)
+                if self.bridge is not None:
+                    request = delegation_pb2.DelegationRequest(
+                        delegation_id=delegation_id,
+                        session_id=s.session_id,
+                        chunk_index=k,
+                        context=delegation_pb2.ContextPackage(
+                            utterances=list(s.transcript), request=ev.request
+                        ),
+                        deadline_unix_ms=now_unix_ms() + int(self.cfg.delegation_deadline_s * 1000),
+                    )
+                    self._spawn(self.bridge.delegate(request))
+
+    def _reap_detached(self) -> None:
+        now = time.monotonic()
+        for s in list(self.sessions.values()):
+            if s.detached_at is not None and now - s.detached_at > self.cfg.detach_timeout_s:
+                log.info("reaping detached session %s", s.session_id)
+                self._spawn(self._close(s, cancel_delegations=True))

@@ -1,0 +1,131 @@
+"""Render the Serve config for a run and deploy it through the Serve REST API (what
+``serve deploy`` does), then wait for the application to be RUNNING.
+
+``python -m microturn.interaction.serve_config --deploy`` is the local run's deployer; the
+Kubernetes chart embeds the same rendered config in a RayService.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from microturn.config import Settings, load_settings
+
+TEMPLATE = Path(__file__).with_name("serve.yaml")
+APPLICATIONS_PATH = "/api/serve/applications/"
+
+
+def render(settings: Settings) -> dict[str, Any]:
+    cfg = settings.interaction
+    doc = copy.deepcopy(yaml.safe_load(TEMPLATE.read_text()))
+    doc["http_options"].update(host=cfg.host, port=cfg.http_port)
+    doc["grpc_options"]["port"] = cfg.grpc_port
+    (app,) = doc["applications"]
+    app["name"] = cfg.app_name
+    app["route_prefix"] = f"/{cfg.app_name}"
+    # Replicas load the same settings; pass what differs from the defaults of a fresh process.
+    app["args"] = {
+        "settings": settings.model_dump(
+            mode="json", include={"nats", "bus", "limits", "interaction", "telemetry"}, exclude_none=True
+        )
+    }
+    (dep,) = app["deployments"]
+    dep["num_replicas"] = cfg.replicas
+    dep["max_ongoing_requests"] = max(dep["max_ongoing_requests"], 2 * cfg.session_slots)
+    dep["ray_actor_options"].update(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
+    return doc
+
+
+def dashboard_url(settings: Settings) -> str:
+    return f"http://127.0.0.1:{settings.ray.dashboard_port}"
+
+
+def deploy(dashboard: str, config: dict[str, Any], timeout_s: float = 10.0) -> None:
+    r = httpx.put(dashboard + APPLICATIONS_PATH, json=config, timeout=timeout_s)
+    if r.status_code >= 400:
+        raise RuntimeError(f"Serve rejected the config ({r.status_code}): {r.text}")
+
+
+def app_status(dashboard: str, app_name: str) -> tuple[str, str]:
+    """(status, message) of one application, ("NOT_STARTED", "") when absent."""
+    r = httpx.get(dashboard + APPLICATIONS_PATH, timeout=5.0)
+    r.raise_for_status()
+    app = r.json().get("applications", {}).get(app_name)
+    if app is None:
+        return "NOT_STARTED", ""
+    return app["status"], app.get("message", "")
+
+
+def wait_running(dashboard: str, app_name: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    status, message = "NOT_STARTED", ""
+    while time.monotonic() < deadline:
+        status, message = app_status(dashboard, app_name)
+        if status == "RUNNING":
+            return
+        if status == "DEPLOY_FAILED":
+            raise RuntimeError(f"application {app_name} failed to deploy: {message}")
+        time.sleep(0.5)
+    raise TimeoutError(
+        f"application {app_name} not RUNNING after {timeout_s:.0f}s (status {status}: {message})"
+    )
+
+
+def is_running(settings: Settings) -> bool:
+    try:
+        return app_status(dashboard_url(settings), settings.interaction.app_name)[0] == "RUNNING"
+    except (httpx.HTTPError, KeyError, ValueError):
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--print", action="store_true", help="print the rendered config as YAML")
+    p.add_argument("--deploy", action="store_true", help="deploy it and wait until RUNNING")
+    p.add_argument(
+        "--watch", action="store_true", help="after deploying, report status changes until stopped"
+    )
+    p.add_argument("--timeout", type=float, default=300.0)
+    ns = p.parse_args(argv)
+    settings = load_settings()
+    config = render(settings)
+    if ns.print:
+        print(yaml.safe_dump(config, sort_keys=False))
+    if ns.deploy:
+        dash, name = dashboard_url(settings), settings.interaction.app_name
+        deploy(dash, config)
+        print(f"deployed application {name}; waiting for it to run", flush=True)
+        wait_running(dash, name, ns.timeout)
+        print(
+            json.dumps(
+                {"application": name, "status": "RUNNING", "grpc_port": settings.interaction.grpc_port}
+            ),
+            flush=True,
+        )
+        if ns.watch:
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+            last = "RUNNING"
+            while True:
+                time.sleep(2.0)
+                try:
+                    status, message = app_status(dash, name)
+                except httpx.HTTPError as exc:
+                    status, message = "UNREACHABLE", str(exc)
+                if status != last:
+                    print(f"application {name}: {status} {message}", flush=True)
+                    last = status
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

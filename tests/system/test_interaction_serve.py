@@ -1,0 +1,102 @@
+"""The interaction service on a real local Ray cluster, through Serve's gRPC proxy: two replicas,
+session affinity, and recovery after a replica process is killed mid-session."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import grpc
+import numpy as np
+import pytest
+from microturn.interaction.client import InteractionSession
+from ray.util.state import list_actors
+
+from ..interaction.conftest import chunk_for, session_origin
+from .conftest import LocalRun
+
+pytestmark = pytest.mark.slow
+APP = "interaction"
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    run = LocalRun(
+        tmp_path_factory.mktemp("serve") / "state",
+        MICROTURN_INTERACTION__REPLICAS="2",
+        MICROTURN_INTERACTION__NUM_CPUS="1",
+        MICROTURN_INTERACTION__SESSION_SLOTS="8",
+        MICROTURN_INTERACTION__TICK_GRACE_MS="20",
+    )
+    try:
+        yield run.wait_ready()
+    finally:
+        run.stop()
+
+
+def target(system: LocalRun) -> str:
+    return f"127.0.0.1:{system.port('MICROTURN_INTERACTION__GRPC_PORT')}"
+
+
+async def run_chunks(sess: InteractionSession, start: int, n: int) -> list:
+    outs = []
+    for k in range(start, start + n):
+        await sess.send(chunk_for(sess.session_id, k, sess.t0_ms))
+        msg = await asyncio.wait_for(sess.receive(), 60)
+        assert msg.WhichOneof("kind") == "chunk", msg
+        outs.append(msg.chunk)
+    return outs
+
+
+def replica_pid(system: LocalRun, replica_id: str) -> int:
+    address = f"http://127.0.0.1:{system.port('MICROTURN_RAY__DASHBOARD_PORT')}"
+    for actor in list_actors(address=address, filters=[("state", "=", "ALIVE")], detail=True, limit=1000):
+        if actor.class_name.startswith("ServeReplica:") and replica_id in (actor.name or ""):
+            return actor.pid
+    raise AssertionError(f"no live replica actor {replica_id}")
+
+
+async def test_sessions_stick_to_their_replica(system):
+    async with grpc.aio.insecure_channel(target(system)) as channel:
+        t0 = session_origin()
+        sessions = [InteractionSession(channel, APP, f"aff-{i}", seed=i, t0_ms=t0) for i in range(6)]
+        owners = {}
+        for s in sessions:
+            owners[s.session_id] = (await s.open()).replica_id
+        await asyncio.gather(*(run_chunks(s, 0, 2) for s in sessions))
+        # Drop each stream and re-attach three times: the router must send every new stream of a
+        # session to the replica that holds it (elsewhere, re-attaching fails with UNKNOWN_SESSION).
+        for round_ in range(3):
+            for s in sessions:
+                s._call.cancel()
+                accepted = await s._open(first=s.next_index, live_from=s.next_index)
+                assert accepted.replica_id == owners[s.session_id], f"round {round_}: {s.session_id} moved"
+            outs = await asyncio.gather(*(run_chunks(s, s.next_index, 1) for s in sessions))
+            assert all(o[0].header.chunk_index == 2 + round_ for o in outs)
+        assert all(s.recoveries == 0 for s in sessions)
+        assert len(set(owners.values())) == 2, f"six sessions all hashed to one of two replicas: {owners}"
+        for s in sessions:
+            await s.close()
+
+
+async def test_replica_killed_mid_session_recovers_with_the_same_continuation(system):
+    async with grpc.aio.insecure_channel(target(system)) as channel:
+        t0 = session_origin()
+        ref = InteractionSession(channel, APP, "kill-ref", seed=11, t0_ms=t0)
+        await ref.open()
+        ref_out = await run_chunks(ref, 0, 8)
+        await ref.close()
+
+        sess = InteractionSession(channel, APP, "kill-me", seed=11, t0_ms=t0)
+        accepted = await sess.open()
+        before = await run_chunks(sess, 0, 4)
+        os.kill(replica_pid(system, accepted.replica_id), signal.SIGKILL)
+        after = await run_chunks(sess, 4, 4)
+        assert sess.recoveries >= 1
+        for a, b in zip(before + after, ref_out, strict=True):
+            assert a.header.chunk_index == b.header.chunk_index
+            assert a.text == b.text
+            pa, pb = (np.frombuffer(x.audio.pcm_s16le, dtype=np.int16).astype(int) for x in (a, b))
+            assert np.abs(pa - pb).max() <= 2, f"chunk {a.header.chunk_index} differs after recovery"
+        await sess.close()
