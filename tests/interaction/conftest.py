@@ -9,6 +9,7 @@ import grpc
 import numpy as np
 import pytest
 import torch
+
 from microturn.config import load_settings
 from microturn.interaction.client import InteractionSession
 from microturn.interaction.core import InteractionCore

@@ -8,6 +8,7 @@ import asyncio
 
 import grpc
 import pytest
+
 from microturn.bus import Bus, subjects
 from microturn.config import load_settings
 from microturn.engine import DelegationOpened

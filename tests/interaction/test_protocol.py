@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+
 from microturn.interaction.client import InteractionSession
 from microturn.v1 import interaction_pb2
 

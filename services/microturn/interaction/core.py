@@ -57,7 +57,13 @@ class TickStats:
 
 
 class InteractionCore:
-    def __init__(self, settings: Settings, replica_id: str, model: InteractionModel | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        replica_id: str,
+        model: InteractionModel | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+    ) -> None:
         self.settings = settings
         self.cfg = settings.interaction
         self.limits = settings.limits
@@ -85,11 +91,11 @@ class InteractionCore:
         self.bridge = DelegationBridge(settings, self._on_update) if self.cfg.bus else None
         self._background: set[asyncio.Task[object]] = set()
         self._tracer = trace.get_tracer("microturn.interaction")
-        self._instruments()
+        self._instruments(meter_provider or metrics.get_meter_provider())
 
     # -- metrics -------------------------------------------------------------------------------
-    def _instruments(self) -> None:
-        meter = metrics.get_meter("microturn.interaction")
+    def _instruments(self, provider: metrics.MeterProvider) -> None:
+        meter = provider.get_meter("microturn.interaction")
         self._m_tick = meter.create_histogram(
             "microturn_tick_duration", unit="ms", description="engine step per tick"
         )

@@ -1,0 +1,87 @@
+"""Replica operations: drain on shutdown, health, and the exported tick metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from microturn.config import load_settings
+from microturn.interaction.core import InteractionCore
+from microturn.interaction.grpc_server import start_server
+from microturn.localrun.ports import free_port
+from microturn.v1 import interaction_pb2
+
+from .conftest import chunk_for, new_session, session_origin, tiny_model
+
+Code = interaction_pb2.ErrorCode
+
+
+async def test_drain_sends_unknown_session_and_refuses_new_streams(core_server):
+    core, channel = core_server
+    t0 = session_origin()
+    sess = new_session(channel, "s-drain", t0)
+    await sess.open()
+    call = sess._call
+    await call.write(interaction_pb2.ClientMessage(chunk=chunk_for("s-drain", 0, t0)))
+    assert (await asyncio.wait_for(call.read(), 10)).chunk.header.chunk_index == 0
+    await core.drain()
+    err = (await asyncio.wait_for(call.read(), 10)).error
+    assert err.code == Code.ERROR_CODE_UNKNOWN_SESSION and err.retryable and "shutting down" in err.message
+    assert "s-drain" not in core.sessions and core.engine.free_slots == core.cfg.session_slots
+    other = new_session(channel, "s-after", t0)
+    with pytest.raises(Exception) as exc:
+        await other.open()
+    assert exc.value.error.code == Code.ERROR_CODE_DRAINING and exc.value.error.retryable
+
+
+async def test_health_reflects_the_tick_loop(core_server):
+    core, channel = core_server
+    sess = new_session(channel, "s-health", session_origin())
+    await sess.open()
+    core.check_health()  # running: no error
+    core._tick_task.cancel()
+    await asyncio.sleep(0.05)
+    with pytest.raises(RuntimeError, match="tick loop stopped"):
+        core.check_health()
+
+
+async def test_tick_metrics_are_exported():
+    reader = InMemoryMetricReader()
+    settings = load_settings(
+        overrides={"interaction": {"bus": False, "session_slots": 2, "tick_grace_ms": 20}}
+    )
+    core = InteractionCore(
+        settings, "replica-m", model=tiny_model(), meter_provider=MeterProvider(metric_readers=[reader])
+    )
+    port = free_port()
+    server = await start_server(core, "127.0.0.1", port)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            t0 = session_origin()
+            sess = new_session(channel, "s-metrics", t0)
+            await sess.open()
+            for k in range(3):
+                await sess.send(chunk_for("s-metrics", k, t0))
+                await asyncio.wait_for(sess.receive(), 10)
+            data = reader.get_metrics_data()
+            points = {
+                m.name: m.data.data_points
+                for rm in data.resource_metrics
+                for sm in rm.scope_metrics
+                for m in sm.metrics
+            }
+            await sess.close()
+    finally:
+        await server.stop(grace=None)
+        await core.drain()
+    assert sum(p.count for p in points["microturn_tick_duration"]) == 3
+    assert sum(p.sum for p in points["microturn_tick_batch_size"]) == 3
+    lag = points["microturn_session_lag"]
+    assert [p.attributes["session.id"] for p in lag] == ["s-metrics"]
+    # the session origin was placed 200 ms in the past, so the session runs behind wall time
+    assert lag[0].value > 0
+    assert points["microturn_sessions"][0].value == 1
