@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import psutil
+
 from microturn.localrun.ports import free_port
 
 MICROTURN = [sys.executable, "-m", "microturn"]
@@ -28,6 +29,10 @@ def local_env(**extra: str) -> dict[str, str]:
         MICROTURN_RAY__NUM_CPUS="4",
         MICROTURN_INTERACTION__GRPC_PORT=str(free_port()),
         MICROTURN_INTERACTION__HTTP_PORT=str(free_port()),
+        MICROTURN_TOOLS__GRPC_PORT=str(free_port()),
+        MICROTURN_EDGE__PORT=str(free_port()),
+        MICROTURN_EDGE__ICE_HOST_ADDRESSES='["127.0.0.1"]',
+        MICROTURN_TELEMETRY__LOCAL_METRICS_BASE_PORT=str(free_port()),
     )
     env.update(extra)
     return env

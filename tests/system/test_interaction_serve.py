@@ -10,8 +10,9 @@ import signal
 import grpc
 import numpy as np
 import pytest
-from microturn.interaction.client import InteractionSession
 from ray.util.state import list_actors
+
+from microturn.interaction.client import InteractionSession
 
 from ..interaction.conftest import chunk_for, session_origin
 from .conftest import LocalRun

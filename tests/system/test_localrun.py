@@ -11,6 +11,7 @@ import urllib.request
 
 import nats
 import pytest
+
 from microturn.localrun.process import group_members
 from microturn.localrun.ray import ray_temp_dir
 from microturn.localrun.supervisor import read_run_file
@@ -47,7 +48,11 @@ def test_up_reports_ready_and_down_leaves_nothing(tmp_path):
         grpc_port = env["MICROTURN_INTERACTION__GRPC_PORT"]
         assert f"127.0.0.1:{grpc_port}" in banner
         run = read_run_file(state)
-        assert run and set(run["children"]) == {"nats", "ray", "interaction"}
+        assert run and set(run["children"]) == {"nats", "tools", "background", "ray", "interaction", "edge"}
+        edge_url = f"http://127.0.0.1:{env['MICROTURN_EDGE__PORT']}/"
+        assert f"open       {edge_url}" in banner
+        with urllib.request.urlopen(edge_url, timeout=5) as r:
+            assert r.status == 200
         pgids = list(run["children"].values())
         assert all(group_members(g) for g in pgids)
 

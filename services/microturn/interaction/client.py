@@ -39,6 +39,10 @@ class SessionRejected(Exception):
         self.error = error
 
 
+class SessionClosed(Exception):
+    """The stream ended after this client closed the session."""
+
+
 class InteractionSession:
     def __init__(
         self,
@@ -65,7 +69,7 @@ class InteractionSession:
         self.recoveries = 0
         self.accepted: interaction_pb2.SessionAccepted | None = None
         self._call: grpc.aio.StreamStreamCall | None = None
-        self._lock = asyncio.Lock()
+        self._closing = False
 
     # -- opening and recovery ------------------------------------------------------------------
     async def open(self) -> interaction_pb2.SessionAccepted:
@@ -150,12 +154,16 @@ class InteractionSession:
             try:
                 msg = await self._call.read()
             except grpc.aio.AioRpcError as exc:
+                if self._closing:
+                    raise SessionClosed(self.session_id) from None
                 if exc.code() not in RECOVERABLE_STATUS:
                     raise
                 log.info("session %s: stream failed (%s); recovering", self.session_id, exc.code().name)
                 await self.recover()
                 continue
             if msg is grpc.aio.EOF:
+                if self._closing:
+                    raise SessionClosed(self.session_id)
                 await self.recover()
                 continue
             kind = msg.WhichOneof("kind")
@@ -179,7 +187,10 @@ class InteractionSession:
                     text=u.text, source=media_pb2.TEXT_SOURCE_BACKGROUND, delegation_id=u.delegation_id
                 )
 
-    async def close(self, reason: str = "") -> None:
+    async def close_writing(self, reason: str = "") -> None:
+        """Send CloseSession and half-close; a reader then gets SessionClosed once the server ends
+        the stream. (Cancelling the stream instead would only detach the session.)"""
+        self._closing = True
         if self._call is None:
             return
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
@@ -189,5 +200,19 @@ class InteractionSession:
                 )
             )
             await self._call.done_writing()
-        self._call.cancel()
-        self._call = None
+
+    async def close(self, reason: str = "", timeout_s: float = 2.0) -> None:
+        """Close the session (no other task may be reading the stream)."""
+        if self._call is None:
+            return
+        await self.close_writing(reason)
+        with contextlib.suppress(SessionClosed, grpc.aio.AioRpcError, TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    await self.receive()
+        self.cancel()
+
+    def cancel(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None

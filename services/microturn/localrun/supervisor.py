@@ -15,6 +15,8 @@ import os
 import signal
 import sys
 import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -62,14 +64,59 @@ def interaction_spec(settings: Settings) -> ServiceSpec:
     )
 
 
+def _http_ok(url: str) -> Callable[[], bool]:
+    def probe() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    return probe
+
+
+# Services that run as `python -m microturn.<name>`, with their /metrics + /healthz port offset.
+BUS_SERVICES = {"tools": 1, "background": 2}
+
+
+def service_spec(settings: Settings, name: str) -> ServiceSpec:
+    port = settings.telemetry.local_metrics_base_port + BUS_SERVICES[name]
+    host = settings.telemetry.metrics_host
+    endpoints = {"metrics": f"http://{host}:{port}/metrics"}
+    if name == "tools":
+        endpoints["grpc"] = f"127.0.0.1:{settings.tools.grpc_port}"
+    return ServiceSpec(
+        name=name,
+        argv=[sys.executable, "-m", f"microturn.{name}"],
+        ready=_http_ok(f"http://{host}:{port}/healthz"),
+        endpoints=endpoints,
+        env={"MICROTURN_TELEMETRY__METRICS_PORT": str(port)},
+        ready_timeout_s=180.0,
+    )
+
+
+def edge_spec(settings: Settings) -> ServiceSpec:
+    url = f"http://{settings.edge.host}:{settings.edge.port}"
+    return ServiceSpec(
+        name="edge",
+        argv=[sys.executable, "-m", "microturn.edge"],
+        ready=_http_ok(f"{url}/healthz"),
+        endpoints={"open": f"{url}/"},
+        ready_timeout_s=60.0,
+    )
+
+
 def build_specs(settings: Settings) -> list[ServiceSpec]:
-    """The children of a local run, in start order (stopped in reverse)."""
+    """The children of a local run, in start order (stopped in reverse): infrastructure first,
+    then the services from the back of the data path to the front, the edge last."""
     specs = []
     if settings.nats.url is None:
         specs.append(nats_spec(settings))
+    specs += [service_spec(settings, "tools"), service_spec(settings, "background")]
     if settings.ray.address is None:
         specs.append(ray_head_spec(settings.ray, settings.state_dir))
         specs.append(interaction_spec(settings))
+    specs.append(edge_spec(settings))
     return specs
 
 
@@ -89,6 +136,17 @@ def required_ports(settings: Settings) -> list[tuple[str, str, int]]:
             ("interaction.grpc_port", "0.0.0.0", settings.interaction.grpc_port),
             ("interaction.http_port", settings.interaction.host, settings.interaction.http_port),
         ]
+    base = settings.telemetry.local_metrics_base_port
+    for name, offset in BUS_SERVICES.items():
+        ports.append(
+            (
+                f"telemetry.local_metrics_base_port (+{offset}: {name})",
+                settings.telemetry.metrics_host,
+                base + offset,
+            )
+        )
+    ports.append(("tools.grpc_port", "127.0.0.1", settings.tools.grpc_port))
+    ports.append(("edge.port", settings.edge.host, settings.edge.port))
     return ports
 
 

@@ -1,0 +1,280 @@
+"""One call at the edge: an aiortc peer connection, the chunk timer that turns its media into
+200 ms InputChunks on the wall-clock boundaries, the gRPC stream to the interaction service, and
+the playout of the model's answer.
+
+Life of a session: ``created`` (token issued) → ``connecting`` (offer answered) → ``live`` (ICE
+connected, stream open; chunks flow) → ``closed`` (either side closed, ICE failed, idle, or reaped).
+Closing releases everything: tasks, the gRPC stream (CloseSession), the peer connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from collections import deque
+from typing import Any
+
+import av
+import grpc
+import numpy as np
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from microturn.config import Settings
+from microturn.edge.chunker import AudioChunker
+from microturn.edge.events import BadMessage, error_event, output_events, parse_client_message, state_event
+from microturn.edge.playout import PlayoutTrack
+from microturn.interaction.client import InteractionSession, SessionClosed, SessionRejected
+from microturn.protocol.chunks import input_chunk
+from microturn.protocol.clock import ChunkClock, now_unix_ms
+from microturn.telemetry import log_context
+from microturn.v1 import media_pb2
+
+log = logging.getLogger(__name__)
+
+OPEN_ATTEMPTS = 8
+
+
+class EdgeSession:
+    def __init__(self, session_id: str, settings: Settings, channel: grpc.aio.Channel) -> None:
+        self.session_id = session_id
+        self.settings = settings
+        self.cfg = settings.edge
+        self.limits = settings.limits
+        self.channel = channel
+        self.clock = ChunkClock(self.limits.chunk_ms)
+        self.state = "created"
+        self.created_at = time.monotonic()
+        self.last_media = time.monotonic()
+        self.pc: RTCPeerConnection | None = None
+        self.playout = PlayoutTrack(self.limits.sample_rate_hz, max_ms=self.cfg.playout_max_ms)
+        self.chunker = AudioChunker(self.limits.sample_rate_hz * self.limits.chunk_ms // 1000)
+        self.resampler = av.AudioResampler(format="s16", layout="mono", rate=self.limits.sample_rate_hz)
+        self.frames: deque[media_pb2.VideoFrame] = deque(maxlen=self.limits.max_video_frames_per_chunk)
+        self.typed: list[str] = []
+        self.channel_out = None  # the "events" data channel
+        self.grpc: InteractionSession | None = None
+        self.t0_ms: int | None = None
+        self.chunks_sent = 0
+        self.video_frames_seen = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = asyncio.Event()
+        self._recoveries_reported = 0
+
+    # -- signalling ----------------------------------------------------------------------------
+    async def accept_offer(self, offer: RTCSessionDescription) -> RTCSessionDescription:
+        servers = [
+            RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
+            for s in self.cfg.ice_servers
+        ]
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
+        self.pc = pc
+        pc.on("track", self._on_track)
+        pc.on("datachannel", self._on_datachannel)
+        pc.on("connectionstatechange", self._on_connection_state)
+        await pc.setRemoteDescription(offer)
+        pc.addTrack(self.playout)
+        await pc.setLocalDescription(await pc.createAnswer())
+        self.state = "connecting"
+        return pc.localDescription
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            self._spawn(self._read_audio(track), "audio-in")
+        elif track.kind == "video":
+            self._spawn(self._read_video(track), "video-in")
+
+    def _on_datachannel(self, channel) -> None:
+        self.channel_out = channel
+        channel.on("message", self._on_message)
+        self.send_event(state_event(self.state))
+
+    async def _on_connection_state(self) -> None:
+        assert self.pc is not None
+        state = self.pc.connectionState
+        log.info("peer connection %s", state, extra={"fields": {"session.id": self.session_id}})
+        if state == "connected" and self.t0_ms is None:
+            self.t0_ms = self.clock.floor(now_unix_ms())
+            self._spawn(self._run(), "session")
+        elif state in ("failed", "closed"):
+            await self.close(f"peer connection {state}")
+
+    # -- media in ------------------------------------------------------------------------------
+    async def _read_audio(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                self.last_media = time.monotonic()
+                if self.t0_ms is None:
+                    continue  # not connected yet: the session's clock starts at "connected"
+                for f in self.resampler.resample(frame):
+                    self.chunker.push(f.to_ndarray().reshape(-1).astype(np.int16, copy=False))
+
+    async def _read_video(self, track: MediaStreamTrack) -> None:
+        w, h = self.limits.video_width, self.limits.video_height
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                self.last_media = time.monotonic()
+                self.video_frames_seen += 1
+                if self.t0_ms is None or self.video_frames_seen % self.cfg.video_every_n:
+                    continue
+                rgb = frame.reformat(width=w, height=h, format="rgb24").to_ndarray()
+                self.frames.append(
+                    media_pb2.VideoFrame(
+                        capture_unix_ms=now_unix_ms(), width=w, height=h, format=media_pb2.PIXEL_FORMAT_RGB24,
+                        data=rgb.tobytes(),
+                    )
+                )  # fmt: skip
+
+    def _on_message(self, raw: object) -> None:
+        try:
+            text = parse_client_message(
+                raw, self.cfg.max_datachannel_bytes, self.limits.max_text_bytes_per_chunk
+            )
+        except BadMessage as exc:
+            self.send_event({"type": "error", "code": "BAD_MESSAGE", "message": str(exc)})
+            return
+        self.typed.append(text)
+
+    # -- the session ---------------------------------------------------------------------------
+    async def _run(self) -> None:
+        with log_context(session_id=self.session_id):
+            try:
+                if not await self._open_stream():
+                    return
+                self.state = "live"
+                self.send_event(state_event("live"))
+                self._spawn(self._read_outputs(), "outputs")
+                await self._cut_chunks()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("session failed")
+                self.send_event({"type": "error", "code": "INTERNAL", "message": str(exc)})
+                await self.close("internal error")
+
+    async def _open_stream(self) -> bool:
+        assert self.t0_ms is not None
+        self.grpc = InteractionSession(
+            self.channel,
+            self.settings.interaction.app_name,
+            self.session_id,
+            seed=secrets.randbits(31),
+            t0_ms=self.t0_ms,
+            chunk_ms=self.limits.chunk_ms,
+            window_chunks=self.cfg.replay_window_chunks,
+            hop="edge",
+        )
+        delay = 0.5
+        for attempt in range(1, OPEN_ATTEMPTS + 1):
+            try:
+                await self.grpc.open()
+                return True
+            except SessionRejected as exc:
+                if not exc.error.retryable or attempt == OPEN_ATTEMPTS:
+                    self.send_event(error_event(exc.error))
+                    await self.close(str(exc))
+                    return False
+                delay = max(delay, exc.error.retry_after_ms / 1000)
+                self.send_event(state_event("waiting", f"the model is busy; retrying in {delay:.1f} s"))
+            except grpc.aio.AioRpcError as exc:
+                if attempt == OPEN_ATTEMPTS:
+                    self.send_event({"type": "error", "code": "UNAVAILABLE", "message": exc.details() or ""})
+                    await self.close("interaction service unavailable")
+                    return False
+                self.send_event(state_event("waiting", "the interaction service is not reachable; retrying"))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 8.0)
+        return False
+
+    async def _cut_chunks(self) -> None:
+        """At each boundary (plus cut_delay_ms), send the chunk that just ended."""
+        assert self.grpc is not None and self.t0_ms is not None
+        # Chunks already past while the stream was opening are skipped: the session starts now.
+        k = max(0, self.clock.index(self.t0_ms, now_unix_ms()))
+        if k:
+            self.t0_ms += k * self.limits.chunk_ms
+            self.grpc.t0_ms = self.t0_ms
+            k = 0
+            self.chunker = AudioChunker(self.chunker.n)
+        while True:
+            due = self.clock.end(self.t0_ms, k) + self.cfg.cut_delay_ms
+            await asyncio.sleep(max(0.0, (due - now_unix_ms()) / 1000))
+            pcm = self.chunker.cut(first=k == 0)
+            chunk = input_chunk(self.session_id, k, self.t0_ms, pcm.astype("<i2").tobytes(), clock=self.clock,
+                                frames=list(self.frames), typed=self.typed)  # fmt: skip
+            self.frames.clear()
+            self.typed = []
+            await self.grpc.send(chunk)
+            self.chunks_sent += 1
+            k += 1
+
+    async def _read_outputs(self) -> None:
+        assert self.grpc is not None
+        while True:
+            try:
+                msg = await self.grpc.receive()
+            except SessionClosed:
+                return
+            if self.grpc.recoveries > self._recoveries_reported:
+                self._recoveries_reported = self.grpc.recoveries
+                self.send_event(state_event("live", f"recovered on replica {self.grpc.accepted.replica_id}"))
+            kind = msg.WhichOneof("kind")
+            if kind == "chunk":
+                self.playout.push(msg.chunk.audio.pcm_s16le)
+                for event in output_events(msg.chunk):
+                    self.send_event(event)
+            elif kind == "error":
+                self.send_event(error_event(msg.error))
+
+    # -- out -----------------------------------------------------------------------------------
+    def send_event(self, event: dict[str, Any]) -> None:
+        ch = self.channel_out
+        if ch is not None and ch.readyState == "open":
+            ch.send(json.dumps(event))
+
+    def _spawn(self, coro, name: str) -> None:
+        task = asyncio.create_task(coro, name=f"{name}-{self.session_id}")
+        self._tasks.append(task)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def close(self, reason: str = "") -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self.state = "closed"
+        log.info("closing session: %s", reason, extra={"fields": {"session.id": self.session_id}})
+        self.send_event(state_event("closed", reason))
+        current = asyncio.current_task()
+        # Stop cutting chunks, say CloseSession, let the output reader see the stream end, then
+        # cancel whatever is left.
+        for task in self._tasks:
+            if task is not current and task.get_name().startswith("session-"):
+                task.cancel()
+        if self.grpc is not None:
+            with contextlib.suppress(Exception):
+                await self.grpc.close_writing(reason)
+            readers = [t for t in self._tasks if t.get_name().startswith("outputs-")]
+            if readers:
+                await asyncio.wait(readers, timeout=2.0)
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        for task in self._tasks:
+            if task is not current:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self.grpc is not None:
+            self.grpc.cancel()
+        self.playout.stop()
+        if self.pc is not None:
+            with contextlib.suppress(Exception):
+                await self.pc.close()

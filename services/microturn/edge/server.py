@@ -1,0 +1,101 @@
+"""The edge process's sessions: creation under the per-process cap, lookup, and the reaper that
+closes sessions nobody finished setting up, whose media stopped, or whose peer failed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+
+import aioice.ice
+import grpc
+from opentelemetry import metrics
+from opentelemetry.metrics import Observation
+
+from microturn.config import Settings
+from microturn.edge.peer import EdgeSession
+from microturn.edge.tokens import SessionTokens
+
+log = logging.getLogger(__name__)
+
+
+class EdgeFull(Exception):
+    pass
+
+
+def pin_host_candidates(addresses: list[str]) -> None:
+    """Gather ICE host candidates only on these addresses (aioice otherwise uses every interface
+    except loopback). For a single-machine run on 127.0.0.1, or to advertise one pod address."""
+    pinned = list(addresses)
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [  # type: ignore[assignment]
+        a for a in pinned if (":" in a and use_ipv6) or (":" not in a and use_ipv4)
+    ]
+
+
+class EdgeServer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.cfg = settings.edge
+        self.tokens = SessionTokens(self.cfg.token_secret, self.cfg.token_ttl_s)
+        self.sessions: dict[str, EdgeSession] = {}
+        self.channel: grpc.aio.Channel | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        if self.cfg.ice_host_addresses:
+            pin_host_candidates(self.cfg.ice_host_addresses)
+        meter = metrics.get_meter("microturn.edge")
+        meter.create_observable_gauge(
+            "microturn_edge_sessions",
+            [lambda _: [Observation(len(self.sessions))]],
+            description="sessions held",
+        )
+
+    @property
+    def interaction_target(self) -> str:
+        return self.cfg.interaction_target or f"127.0.0.1:{self.settings.interaction.grpc_port}"
+
+    async def start(self) -> None:
+        self.channel = grpc.aio.insecure_channel(self.interaction_target)
+        self._reaper = asyncio.create_task(self._reap_forever())
+
+    async def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        await asyncio.gather(*(s.close("edge shutting down") for s in list(self.sessions.values())))
+        self.sessions.clear()
+        if self.channel is not None:
+            await self.channel.close()
+
+    def create(self) -> tuple[EdgeSession, str, int]:
+        if len(self.sessions) >= self.cfg.max_sessions:
+            raise EdgeFull(f"this edge holds its limit of {self.cfg.max_sessions} sessions")
+        assert self.channel is not None, "start() first"
+        session_id = "s" + secrets.token_urlsafe(12).replace("-", "x").replace("_", "y")
+        session = EdgeSession(session_id, self.settings, self.channel)
+        self.sessions[session_id] = session
+        token, expires = self.tokens.issue(session_id)
+        return session, token, expires
+
+    async def close(self, session_id: str, reason: str) -> None:
+        session = self.sessions.pop(session_id, None)
+        if session is not None:
+            await session.close(reason)
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for sid, s in list(self.sessions.items()):
+                reason = None
+                if s.closed:
+                    reason = "closed"
+                elif s.state == "created" and now - s.created_at > self.cfg.offer_timeout_s:
+                    reason = f"no offer within {self.cfg.offer_timeout_s:.0f} s"
+                elif s.state in ("connecting", "live") and now - s.last_media > self.cfg.idle_timeout_s:
+                    reason = f"no media for {self.cfg.idle_timeout_s:.0f} s"
+                if reason:
+                    log.info("reaping session %s: %s", sid, reason)
+                    await self.close(sid, reason)
