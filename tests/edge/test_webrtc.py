@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import numpy as np
 
@@ -54,7 +55,7 @@ async def test_call_end_to_end(edge_stack):
     # audio came back as consecutive 20 ms frames (pts without gaps), carrying the model's output
     frames_back = client.audio_frames
     assert len(frames_back) >= 50
-    steps = {b.pts - a.pts for a, b in zip(frames_back, frames_back[1:], strict=False)}
+    steps = {b.pts - a.pts for a, b in itertools.pairwise(frames_back)}
     assert steps == {frames_back[0].samples}, f"pts steps {steps}"
     back = np.concatenate([f.to_ndarray().reshape(-1) for f in frames_back])
     assert rms(back) > 0
