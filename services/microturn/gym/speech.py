@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -69,11 +70,20 @@ def _trim(pcm: np.ndarray, threshold: int = 40) -> np.ndarray:
     return pcm[max(0, loud[0] - 160) : loud[-1] + 160]
 
 
+@cache
+def _espeak_version() -> str:
+    """Part of the cache key: another espeak-ng build may render differently."""
+    _require_binaries()
+    return subprocess.run(
+        ["espeak-ng", "--version"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
 def render_word(word: str, voice: Voice) -> np.ndarray:
-    """One word as int16 PCM at 16 kHz, trimmed; cached on disk by (word, voice)."""
+    """One word as int16 PCM at 16 kHz, trimmed; cached on disk by (espeak-ng version, word, voice)."""
     if not word or any(c in word for c in "\n\r\0"):
         raise ValueError(f"cannot render word {word!r}")
-    digest = hashlib.sha1(f"{voice.key()}|{word}".encode()).hexdigest()[:20]
+    digest = hashlib.sha1(f"{_espeak_version()}|{voice.key()}|{word}".encode()).hexdigest()[:20]
     path = cache_dir() / f"{digest}.npy"
     if path.exists():
         return np.load(path)
@@ -84,7 +94,23 @@ def render_word(word: str, voice: Voice) -> np.ndarray:
         check=True,
     )
     sox = subprocess.run(
-        ["sox", "-t", "wav", "-", "-r", str(SAMPLE_RATE), "-b", "16", "-c", "1", "-e", "signed", "-t", "raw", "-"],
+        [
+            "sox",
+            "-t",
+            "wav",
+            "-",
+            "-r",
+            str(SAMPLE_RATE),
+            "-b",
+            "16",
+            "-c",
+            "1",
+            "-e",
+            "signed",
+            "-t",
+            "raw",
+            "-",
+        ],
         input=espeak.stdout,
         capture_output=True,
         check=True,
@@ -97,9 +123,7 @@ def render_word(word: str, voice: Voice) -> np.ndarray:
     return pcm
 
 
-def place_words(
-    track: np.ndarray, words: list[str], start: int, voice: Voice, gap: int = 1200
-) -> list[Word]:
+def place_words(track: np.ndarray, words: list[str], start: int, voice: Voice, gap: int = 1200) -> list[Word]:
     """Mix ``words`` into ``track`` (in place) from sample ``start``, ``gap`` samples apart.
 
     Returns each word's span; words that would run past the end of the track are cut off there.

@@ -98,7 +98,9 @@ def _bounce(v: float, lo: float = 12, hi: float = FRAME_SIZE - 12) -> float:
     return lo + (v if v <= span else 2 * span - v)
 
 
-def oscillate(x: float, y: float, start_ms: float, period_ms: float, reps: int, amplitude: float) -> Trajectory:
+def oscillate(
+    x: float, y: float, start_ms: float, period_ms: float, reps: int, amplitude: float
+) -> Trajectory:
     """Rest at (x, y), then ``reps`` up-and-back bounces of ``period_ms`` each from ``start_ms``."""
 
     def path(t: float) -> tuple[float, float]:
@@ -110,7 +112,9 @@ def oscillate(x: float, y: float, start_ms: float, period_ms: float, reps: int, 
     return path
 
 
-def move_between(x: float, y: float, start_ms: float, stop_ms: float, speed: float, heading: float) -> Trajectory:
+def move_between(
+    x: float, y: float, start_ms: float, stop_ms: float, speed: float, heading: float
+) -> Trajectory:
     """Still, then moving at ``speed`` px/s along ``heading`` (radians) with wall bounces, then still."""
 
     def path(t: float) -> tuple[float, float]:
