@@ -55,7 +55,9 @@ class SessionState:
     in_delegation: bool = False
     delegation: bytearray = field(default_factory=bytearray)
     speaking: bool = False
-    decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace")
+    )
 
     def snapshot(self) -> dict[str, object]:
         return {
@@ -82,6 +84,7 @@ class Engine:
         delegation_max_bytes: int = 2048,
         speaking_threshold: float = -5.0,
         record: bool = False,
+        moe_gather_max_tokens: int | None = None,
     ):
         if num_slots < 1:
             raise EngineError(f"num_slots must be >= 1, got {num_slots}")
@@ -97,7 +100,7 @@ class Engine:
         self.max_video_frames = max_video_frames
         self.delegation_max_bytes = delegation_max_bytes
         self.speaking_threshold = speaking_threshold
-        self.ex = Executor(self.model, num_slots, self.device)
+        self.ex = Executor(self.model, num_slots, self.device, moe_gather_max_tokens)
         self.sessions: dict[str, SessionState] = {}
         self._free = list(range(num_slots))
         self.record = record
@@ -105,7 +108,8 @@ class Engine:
         lay = self.layout
         self._rel_pre = np.arange(lay.out_marker + 1, dtype=np.int64)
         self._rel_dec = np.array(
-            [lay.text_out + j for j in range(lay.n_text_out)] + [lay.audio_out + j for j in range(lay.n_audio_out - 1)],
+            [lay.text_out + j for j in range(lay.n_text_out)]
+            + [lay.audio_out + j for j in range(lay.n_audio_out - 1)],
             dtype=np.int64,
         )
         self._h_off = np.arange(self.ex.nkv, dtype=np.int64) * self.ex.ctx
@@ -161,7 +165,9 @@ class Engine:
         session's first chunk reproduces the slot exactly; any open session of that id is replaced."""
         for c in chunks:
             if c.session_id != session_id:
-                raise InvalidChunkError(f"session_id: replay of {session_id!r} got a chunk of {c.session_id!r}")
+                raise InvalidChunkError(
+                    f"session_id: replay of {session_id!r} got a chunk of {c.session_id!r}"
+                )
         if session_id in self.sessions:
             self.close(session_id)
         self.open(session_id, seed)
@@ -187,7 +193,9 @@ class Engine:
         if not isinstance(chunk.chunk_index, int | np.integer) or chunk.chunk_index < 0:
             raise InvalidChunkError(f"chunk_index: must be a non-negative int, got {chunk.chunk_index!r}")
         if chunk.sample_rate != cfg.sample_rate:
-            raise InvalidChunkError(f"sample_rate: the model takes {cfg.sample_rate} Hz audio, chunk is {chunk.sample_rate} Hz")
+            raise InvalidChunkError(
+                f"sample_rate: the model takes {cfg.sample_rate} Hz audio, chunk is {chunk.sample_rate} Hz"
+            )
         pcm, spc = chunk.pcm, cfg.samples_per_chunk
         if not isinstance(pcm, np.ndarray):
             raise InvalidChunkError(f"pcm: must be a numpy int16 array, got {type(pcm).__name__}")
@@ -207,7 +215,9 @@ class Engine:
             if v.ndim != 4 or v.shape[1:] != (fs, fs, 3):
                 raise InvalidChunkError(f"video: frames must be shaped [n, {fs}, {fs}, 3], got {v.shape}")
             if v.shape[0] > self.max_video_frames:
-                raise InvalidChunkError(f"video: {v.shape[0]} frames in one chunk, limit {self.max_video_frames}")
+                raise InvalidChunkError(
+                    f"video: {v.shape[0]} frames in one chunk, limit {self.max_video_frames}"
+                )
         n_new = 0
         for name, items, extra in (("text", chunk.text, 0), ("background", chunk.background, 2)):
             if not isinstance(items, list | tuple) or not all(isinstance(t, str) for t in items):
@@ -320,10 +330,12 @@ class Engine:
                 )
             )
             if self.record and ex.records:
-                rec = {k: v[r].clone() if k != "hidden_pre" else v[r].clone() for k, v in ex.records[0].items()}
+                rec: dict[str, object] = {k: v[r].clone() for k, v in ex.records[0].items()}
                 rec["text_in"] = ex.t_text[r].clone()
                 rec["text_out"] = torch.tensor(ids)
-                rec["audio_out"] = ex.lb("aout", rows, lay.n_audio_out, cfg.frames_per_audio_token, cfg.n_mels)[r].clone()
+                rec["audio_out"] = ex.lb(
+                    "aout", rows, lay.n_audio_out, cfg.frames_per_audio_token, cfg.n_mels
+                )[r].clone()
                 rec["has_video"] = bool(ex.h_has_video[r])
                 self.records[c.session_id].append(rec)
         if self.record:

@@ -32,11 +32,21 @@ NEG_POS = -(2**40)  # ring position of an empty entry: never inside any window
 
 
 class Executor:
-    def __init__(self, model: InteractionModel, num_slots: int, device: torch.device):
+    def __init__(
+        self,
+        model: InteractionModel,
+        num_slots: int,
+        device: torch.device,
+        moe_gather_max_tokens: int | None = None,
+    ):
         cfg, lay = model.cfg, model.layout
         self.model, self.cfg, self.lay, self.device = model, cfg, lay, device
         self.num_slots = num_slots
         self.trash = num_slots
+        # decode tokens up to this count use gather + GEMV; beyond it, gathering k experts per token would
+        # copy more weight bytes than running all experts once, so the dense-all path is used instead
+        e_k = max(cfg.n_experts, 1) // max(cfg.top_k, 1)
+        self.moe_gather_max_tokens = max(1, e_k) if moe_gather_max_tokens is None else moe_gather_max_tokens
         self.S, self.T, self.P = cfg.n_sinks, lay.turn_len, lay.n_prefill
         self.window = cfg.window_turns * self.T
         self.ring = self.window + self.P  # a prefill writes P entries before its first query reads
@@ -103,7 +113,9 @@ class Executor:
 
         # per-token offsets for the prefill ([last audio-out of previous turn, IN .. OUT]) and decode tokens
         off = model.offset_emb.detach()
-        self.pre_offset = torch.cat([off[self.T - 1 : self.T], off[: lay.out_marker + 1]]).to(dev).contiguous()
+        self.pre_offset = (
+            torch.cat([off[self.T - 1 : self.T], off[: lay.out_marker + 1]]).to(dev).contiguous()
+        )
         dec_offsets = [lay.text_out + j for j in range(lay.n_text_out)] + [
             lay.audio_out + j for j in range(lay.n_audio_out - 1)
         ]
@@ -120,6 +132,7 @@ class Executor:
         ff = cfg.d_ff if cfg.n_experts == 0 else cfg.d_ff_expert
         E, K = max(cfg.n_experts, 1), cfg.top_k
         hh = self.hd // 2
+        G = min(B, self.moe_gather_max_tokens)  # gathered expert weights are only needed for this many tokens
         F_ = cfg.frames_per_chunk
         nb = cfg.win // 2 + 1
         lvl = cfg.n_levels
@@ -151,9 +164,9 @@ class Executor:
             "topw": N * K,
             "gate": N * E,
             "xr": B * K * d,
-            "wg": B * K * ff * d if cfg.n_experts else 1,
-            "wu": B * K * ff * d if cfg.n_experts else 1,
-            "wd": B * K * ff * d if cfg.n_experts else 1,
+            "wg": G * K * ff * d if cfg.n_experts else 1,
+            "wu": G * K * ff * d if cfg.n_experts else 1,
+            "wd": G * K * ff * d if cfg.n_experts else 1,
             "hg": B * K * ff,
             "hu": B * K * ff,
             "yg": B * K * d,
@@ -224,7 +237,9 @@ class Executor:
         torch.mul(x, stat, out=out)
         out.mul_(w)
 
-    def _layernorm_(self, x: Tensor, w: Tensor, bias: Tensor, scratch: Tensor, stat: Tensor, inv_c: Tensor) -> None:
+    def _layernorm_(
+        self, x: Tensor, w: Tensor, bias: Tensor, scratch: Tensor, stat: Tensor, inv_c: Tensor
+    ) -> None:
         torch.sum(x, -1, keepdim=True, out=stat)
         stat.mul_(inv_c)
         x.sub_(stat)
@@ -330,7 +345,11 @@ class Executor:
         torch.index_select(aout[:, lay.n_audio_out - 1], 0, rows_i, out=tmp)
         self.pending.index_copy_(0, slots_i, tmp)
         if self.device.type != "cpu":
-            for h, d_ in ((self.t_ids, self.d_ids), (self.t_pcm_out, self.d_pcm_out), (self.t_energy, self.d_energy)):
+            for h, d_ in (
+                (self.t_ids, self.d_ids),
+                (self.t_pcm_out, self.d_pcm_out),
+                (self.t_energy, self.d_energy),
+            ):
                 h.copy_(d_)
 
     def _commit(self, state: Tensor, rows_buf: Tensor, rows_i: Tensor, slots_i: Tensor) -> None:
@@ -393,7 +412,12 @@ class Executor:
         frames = self.b("frames", Bw, F_, cfg.win)
         frames.copy_(sig.unfold(1, cfg.win, cfg.hop))
         lm = self.b("logmel", Bw * F_, nm)
-        dm.logmel_(frames.view(Bw * F_, cfg.win), self.b("spec", Bw * F_, 2 * dm.n_bins), self.b("power", Bw * F_, dm.n_bins), lm)
+        dm.logmel_(
+            frames.view(Bw * F_, cfg.win),
+            self.b("spec", Bw * F_, 2 * dm.n_bins),
+            self.b("power", Bw * F_, dm.n_bins),
+            lm,
+        )
         lev = self.lb("lev", Bw * F_, nm)
         dm.quantize_(lm, self.b("lscratch", Bw * F_, nm), lev)
         self.b("hist_rows", Bw, hist).copy_(sig[:, sig.shape[1] - hist :])
@@ -410,12 +434,16 @@ class Executor:
         n1 = Bw * nv * 16
         h1 = self.b("v1", n1, c1)
         torch.addmm(hm.fc1.bias, cells.view(n1, -1), hm.fc1.weight.t(), out=h1)
-        self._layernorm_(h1, hm.ln1.weight, hm.ln1.bias, self.b("v1s", n1, c1), self.b("vstat", n1, 1), self._inv(c1))
+        self._layernorm_(
+            h1, hm.ln1.weight, hm.ln1.bias, self.b("v1s", n1, c1), self.b("vstat", n1, 1), self._inv(c1)
+        )
         F.silu(h1, inplace=True)
         n2 = Bw * nv * 4
         h2 = self.b("v2", n2, c2)
         torch.addmm(hm.fc2.bias, h1.view(n2, 4 * c1), hm.fc2.weight.t(), out=h2)
-        self._layernorm_(h2, hm.ln2.weight, hm.ln2.bias, self.b("v2s", n2, c2), self.b("vstat", n2, 1), self._inv(c2))
+        self._layernorm_(
+            h2, hm.ln2.weight, hm.ln2.bias, self.b("v2s", n2, c2), self.b("vstat", n2, 1), self._inv(c2)
+        )
         F.silu(h2, inplace=True)
         vt = self.b("vtok", Bw, nv, cfg.d_model)
         torch.addmm(hm.fc3.bias, h2.view(Bw * nv, 4 * c2), hm.fc3.weight.t(), out=vt.view(Bw * nv, -1))
@@ -508,7 +536,7 @@ class Executor:
             x.add_(tmpd)
             self._rmsnorm(x, blk.ffn_norm.weight, h)
             if isinstance(blk.ffn, MoE):
-                if moe_gather:
+                if moe_gather and self.moe_gather_max_tokens >= N:
                     self._moe_gather(blk.ffn, h, tmpd)
                 else:
                     self._moe_dense(blk.ffn, h, tmpd)
@@ -589,7 +617,11 @@ class Executor:
         torch.mm(cond, fl.in_c.weight.t(), out=cpart)
         xx = self.b("fx", Bw, cfg.mel_dim)
         xx.copy_(self.b("noise", self.num_slots, self.lay.n_audio_out, cfg.mel_dim)[:Bw, j])
-        fh, fh2, fv = self.b("fh", Bw, cfg.flow_hidden), self.b("fh2", Bw, cfg.flow_hidden), self.b("fv", Bw, cfg.mel_dim)
+        fh, fh2, fv = (
+            self.b("fh", Bw, cfg.flow_hidden),
+            self.b("fh2", Bw, cfg.flow_hidden),
+            self.b("fv", Bw, cfg.mel_dim),
+        )
         for i in range(cfg.flow_steps):
             torch.addmm(cpart, xx, fl.in_x.weight.t(), out=fh)
             fh.add_(self.flow_tproj[i])

@@ -58,7 +58,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Int
         problems.append(f"unexpected tensor {k} (shape {tuple(tensors[k].shape)})")
     for k in sorted(set(tensors) & set(expected)):
         if tuple(tensors[k].shape) != tuple(expected[k].shape):
-            problems.append(f"tensor {k}: shape {tuple(tensors[k].shape)} in checkpoint, {tuple(expected[k].shape)} in model")
+            problems.append(
+                f"tensor {k}: shape {tuple(tensors[k].shape)} in checkpoint, {tuple(expected[k].shape)} in model"
+            )
     if problems:
         raise CheckpointError(f"checkpoint {path} does not match its config: " + "; ".join(problems))
     model.load_state_dict(tensors)

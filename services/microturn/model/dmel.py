@@ -30,7 +30,9 @@ def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int) -> Tensor:
     """HTK triangular filters with peak 1, shape [n_bins, n_mels] (float64)."""
     n_bins = n_fft // 2 + 1
     freqs = torch.linspace(0, sample_rate / 2, n_bins, dtype=torch.float64)
-    mels = torch.linspace(0.0, float(hz_to_mel(torch.tensor(sample_rate / 2.0))), n_mels + 2, dtype=torch.float64)
+    mels = torch.linspace(
+        0.0, float(hz_to_mel(torch.tensor(sample_rate / 2.0))), n_mels + 2, dtype=torch.float64
+    )
     edges = mel_to_hz(mels)
     lo, mid, hi = edges[:-2], edges[1:-1], edges[2:]
     up = (freqs[:, None] - lo[None]) / (mid - lo)[None]
@@ -58,8 +60,12 @@ class DMel(nn.Module):
         self.register_buffer("fb", fb.float(), persistent=False)  # [n_bins, n_mels]
         self.register_buffer("fb_pinv", torch.linalg.pinv(fb).float(), persistent=False)  # [n_mels, n_bins]
         self.register_buffer("c_floor", torch.tensor(10.0**cfg.log_min), persistent=False)
-        self.register_buffer("c_step", torch.tensor((cfg.n_levels - 1) / (cfg.log_max - cfg.log_min)), persistent=False)
-        self.register_buffer("c_inv_step", torch.tensor((cfg.log_max - cfg.log_min) / (cfg.n_levels - 1)), persistent=False)
+        self.register_buffer(
+            "c_step", torch.tensor((cfg.n_levels - 1) / (cfg.log_max - cfg.log_min)), persistent=False
+        )
+        self.register_buffer(
+            "c_inv_step", torch.tensor((cfg.log_max - cfg.log_min) / (cfg.n_levels - 1)), persistent=False
+        )
         self.register_buffer("c_log_min", torch.tensor(cfg.log_min), persistent=False)
         self.register_buffer("c_pcm", torch.tensor(1.0 / 32768.0), persistent=False)
 
@@ -113,7 +119,11 @@ class DMel(nn.Module):
         return self.logmel_(fr, spec, power, out).view(b, n, -1)
 
     def quantize(self, logmel: Tensor) -> Tensor:
-        return self.quantize_(logmel, torch.empty_like(logmel), torch.empty(logmel.shape, dtype=torch.long, device=logmel.device))
+        return self.quantize_(
+            logmel,
+            torch.empty_like(logmel),
+            torch.empty(logmel.shape, dtype=torch.long, device=logmel.device),
+        )
 
     def dequantize(self, levels: Tensor) -> Tensor:
         return self.dequantize_(levels, torch.empty(levels.shape, dtype=torch.float32, device=levels.device))
@@ -136,7 +146,9 @@ class DMelEmbedding(nn.Module):
         self.n_frames, self.n_mels, self.n_levels = cfg.frames_per_audio_token, cfg.n_mels, cfg.n_levels
         self.n_index = self.n_frames * self.n_mels * self.n_levels
         self.weight = nn.Parameter(torch.randn(self.n_index, cfg.d_model) * 0.02)
-        base = (torch.arange(self.n_frames)[:, None] * self.n_mels + torch.arange(self.n_mels)[None]) * self.n_levels
+        base = (
+            torch.arange(self.n_frames)[:, None] * self.n_mels + torch.arange(self.n_mels)[None]
+        ) * self.n_levels
         self.register_buffer("base", base.reshape(-1), persistent=False)  # [frames*mels]
 
     def indices(self, levels: Tensor) -> Tensor:

@@ -32,6 +32,9 @@ class TurnBatch:
     text_in: Tensor  # long [B, n, n_text_in]
     text_out: Tensor  # long [B, n, n_text_out]
     audio_out: Tensor  # long dMel levels [B, n, n_audio_out, frames_per_audio_token, n_mels]
+    # optional precomputed input levels [B, n * frames_per_chunk, n_mels] (``DMel.levels(pcm)``): training
+    # pipelines featurise once instead of every step; when given, ``pcm`` is not read
+    audio_in_levels: Tensor | None = None
 
     @property
     def n_turns(self) -> int:
@@ -66,7 +69,7 @@ class InteractionModel(nn.Module):
         self.lm_head = nn.Linear(d, tk.VOCAB_SIZE, bias=False)
         self.flow = FlowHead(cfg)
         self.dmel = DMel(cfg)
-        self.vocoder = GriffinLim(cfg, self.dmel)
+        self.vocoder = GriffinLim(cfg)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -83,7 +86,7 @@ class InteractionModel(nn.Module):
         """All tokens in layout order, sinks first: [B, S + n*T, d]."""
         cfg, lay = self.cfg, self.layout
         b, n = batch.text_in.shape[:2]
-        levels = self.dmel.levels(batch.pcm)  # [B, n*frames, mels]
+        levels = batch.audio_in_levels if batch.audio_in_levels is not None else self.dmel.levels(batch.pcm)
         a_in = self.audio_in_emb(levels.view(b, n, lay.n_audio_in, cfg.frames_per_audio_token, cfg.n_mels))
         a_out = self.audio_out_emb(batch.audio_out)
         vid = self.embed_video(batch.video, batch.has_video)
@@ -127,7 +130,12 @@ class InteractionModel(nn.Module):
             text_ce = F.cross_entropy(logits.reshape(-1, tk.VOCAB_SIZE), batch.text_out.reshape(-1))
             x1 = self.flow.normalize(self.dmel.dequantize(batch.audio_out)).reshape(-1, cfg.mel_dim)
             flow = self.flow.loss(cond.reshape(-1, cfg.d_model), x1, generator)
-            out.losses = {"text_ce": text_ce, "flow": flow, "moe_aux": aux, "total": text_ce + flow + aux_weight * aux}
+            out.losses = {
+                "text_ce": text_ce,
+                "flow": flow,
+                "moe_aux": aux,
+                "total": text_ce + flow + aux_weight * aux,
+            }
         return out
 
     @torch.no_grad()
