@@ -4,6 +4,7 @@ in-process or as real subprocesses (``python -m ...``), and a reader for a sessi
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -25,7 +26,12 @@ ROOT = Path(__file__).resolve().parents[2]
 def make_settings(nats_url: str, **sections) -> Settings:
     bus = BusSettings(ack_wait_s=2.0, max_attempts=3, retry_delay_s=0.1, shutdown_grace_s=3.0)
     tools = ToolsSettings(
-        grpc_port=free_port(), knowledge_preload=False, project_docs_dir=None, knowledge_dir=CORPUS
+        grpc_port=free_port(),
+        knowledge_preload=False,
+        project_docs_dir=CORPUS,
+        knowledge_dir=None,
+        # The first search loads the model: slow on a busy test machine, and not what is tested.
+        timeout_ms={"knowledge_search": 120_000},
     )
     background = BackgroundSettings(tool_timeout_s=40.0, default_deadline_s=60.0)
     base = {"nats": NatsSettings(url=nats_url), "bus": bus, "tools": tools, "background": background}
@@ -41,6 +47,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         for key, value in getattr(settings, section).model_dump(exclude_none=True).items():
             if hasattr(value, "get_secret_value"):
                 value = value.get_secret_value()
+            elif isinstance(value, dict | list):
+                value = json.dumps(value)
             env[f"MICROTURN_{section.upper()}__{key.upper()}"] = str(value)
     env["HF_HUB_OFFLINE"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
@@ -76,6 +84,24 @@ async def collect(updates: SessionUpdates, delegation_id: str, timeout_s: float 
         if delivery.is_last:
             return out
     raise AssertionError(f"no final update for {delegation_id} within {timeout_s}s; got {out}")
+
+
+async def collect_many(updates: SessionUpdates, delegation_ids: set[str], timeout_s: float = 60.0):
+    """Updates of several delegations of one session, each up to its final or error (plus whatever
+    else arrived meanwhile, under its own delegation id)."""
+    out: dict[str, list[delegation_pb2.BackgroundUpdate]] = {d: [] for d in delegation_ids}
+    open_ids = set(delegation_ids)
+    deadline = time.monotonic() + timeout_s
+    while open_ids and time.monotonic() < deadline:
+        delivery = await updates.next(timeout_s=max(deadline - time.monotonic(), 0.01))
+        if delivery is None:
+            break
+        await delivery.ack()
+        out.setdefault(delivery.update.delegation_id, []).append(delivery.update)
+        if delivery.is_last:
+            open_ids.discard(delivery.update.delegation_id)
+    assert not open_ids, f"no final update for {sorted(open_ids)} within {timeout_s}s"
+    return out
 
 
 def kinds(updates) -> list[str]:

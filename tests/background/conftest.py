@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from background_helpers import ServiceProcess, Stack, make_settings
+
 from microturn.background import BackgroundService
 from microturn.bus import Bus, DelegationClient
 from microturn.config import Settings

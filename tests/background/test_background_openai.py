@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from background_helpers import Stack, kinds, make_settings
 from fake_openai import fake_openai_server
+
 from microturn.background import BackgroundService
 from microturn.bus import Bus, DelegationClient, subjects
 from microturn.bus.connection import DEAD_DELIVERIES
@@ -38,6 +39,10 @@ async def test_streamed_tool_call_runs_the_tool_and_streams_the_answer(openai_st
     streamed = "".join(u.partial.text for u in updates if u.WhichOneof("kind") == "partial")
     assert streamed.startswith("Let me work that out.") and "84" in streamed
     first, second = requests
+    system, *_, user = first["messages"]
+    assert system["role"] == "system" and "time zone: UTC" in system["content"]
+    assert user == {"role": "user", "content": "[delegated request] please compute 12*(3+4)"}
+    assert {"role": "user", "content": "please compute 12*(3+4)"} in first["messages"]  # the conversation
     assert first["stream"] is True and {t["function"]["name"] for t in first["tools"]} >= {
         "calculator",
         "clock",

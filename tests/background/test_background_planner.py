@@ -7,6 +7,7 @@ import zoneinfo
 from datetime import datetime, timedelta
 
 from background_helpers import collect, kinds, request
+
 from microturn.v1 import delegation_pb2
 
 ErrorCode = delegation_pb2.DelegationErrorCode

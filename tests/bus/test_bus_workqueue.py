@@ -6,6 +6,7 @@ import asyncio
 from collections import Counter
 
 import pytest
+
 from microturn.bus import Bus, PermanentError, WorkQueue, ensure_streams, subjects
 from microturn.bus.connection import DEAD_DELIVERIES, DEAD_REASON
 from microturn.config import BusSettings
@@ -111,8 +112,12 @@ async def test_poison_message_is_dead_lettered_after_max_attempts(nats_server):
         assert dead.headers[DEAD_DELIVERIES] == str(SETTINGS.max_attempts)
         assert "boom" in dead.headers[DEAD_REASON]
         assert attempts == list(range(1, SETTINGS.max_attempts + 1))
-        # Acked after dead-lettering: gone from the work queue.
-        info = await bus.js.stream_info(subjects.TOOL_CALLS_STREAM)
+        # Acked right after dead-lettering: gone from the work queue.
+        for _ in range(100):
+            info = await bus.js.stream_info(subjects.TOOL_CALLS_STREAM)
+            if info.state.messages == 0:
+                break
+            await asyncio.sleep(0.05)
         assert info.state.messages == 0
     finally:
         await q.stop()
@@ -183,3 +188,50 @@ def test_ids_that_are_not_subject_tokens_are_refused():
             subjects.update_subject(bad)
     assert subjects.cancel_subject("s1") == "mt.cancel.s1._session"
     assert subjects.cancel_subject("s1", "d-1") == "mt.cancel.s1.d-1"
+
+
+async def test_message_that_crashes_every_worker_is_dead_lettered(nats_server):
+    """Delivered once more than max_attempts without ever being settled: dead-lettered unprocessed."""
+    settings = SETTINGS.model_copy(update={"max_attempts": 1})
+    crashed = await Bus.connect(nats_server.url, settings)
+    survivor = await Bus.connect(nats_server.url, settings)
+    got = asyncio.Event()
+    handled: list[int] = []
+
+    async def hang(msg, attempt):
+        got.set()
+        await asyncio.sleep(3600)
+
+    async def work(msg, attempt):
+        handled.append(attempt.number)
+
+    def make(bus, handler):
+        return WorkQueue(
+            bus,
+            stream=subjects.TOOL_CALLS_STREAM,
+            subject=subjects.TOOL_CALL,
+            durable="crashy",
+            kind="test",
+            handler=handler,
+            concurrency=1,
+            max_attempts=1,
+        )
+
+    qa, qb = make(crashed, hang), make(survivor, work)
+    try:
+        await qa.start()
+        await crashed.publish(subjects.TOOL_CALL, b"crash me", msg_id="crash")
+        await asyncio.wait_for(got.wait(), 10)
+        await crashed.nc.close()
+        await qb.start()
+        [dead] = await read_dead(survivor, "test", 1)
+        assert dead.data == b"crash me" and dead.headers[DEAD_DELIVERIES] == "2"
+        assert "without an ack" in dead.headers[DEAD_REASON]
+        assert handled == []
+    finally:
+        await qb.stop()
+        for t in list(qa._tasks):
+            t.cancel()
+        if qa._loop_task:
+            qa._loop_task.cancel()
+        await survivor.close()

@@ -10,6 +10,7 @@ import tracemalloc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from microturn.config import ToolsSettings
 from microturn.tools import Tool, ToolExecutor, ToolRegistry, build_registry
 from microturn.tools.calculator import CalculatorError, Limits, evaluate

@@ -47,6 +47,15 @@ class Tools:
         self.steps += 1
         self.calls.append(tool)
         call_id = call_id_for(self.request.delegation_id, self.steps, tool, arguments_json)
+        limit = spec.max_argument_bytes if spec else 4096
+        if len(arguments_json.encode()) > limit:  # refuse here rather than ship it over the bus
+            return tools_pb2.ToolResult(
+                call_id=call_id,
+                error=tools_pb2.ToolError(
+                    code=tools_pb2.TOOL_ERROR_CODE_TOO_LARGE,
+                    message=f"{tool}: arguments are over the limit of {limit} bytes",
+                ),
+            )
         return await self.client.call(
             tool,
             arguments_json,
@@ -54,7 +63,9 @@ class Tools:
             call_id=call_id,
             session_id=self.request.session_id,
             delegation_id=self.request.delegation_id,
-            deadline_unix_ms=self.deadline_unix_ms,
+            # The caller stops waiting at this deadline, so the tool must not run after it either
+            # (a timer set after we told the user it failed would be worse than no timer).
+            deadline_unix_ms=min(self.deadline_unix_ms, int((time.time() + self.client.timeout_s) * 1000)),
         )
 
     async def call(self, tool: str, arguments: dict[str, Any]) -> Any:

@@ -120,6 +120,15 @@ def card_topic(text: str) -> str:
     return topic.strip(" .?!,") or text
 
 
+def plain(text: str) -> str:
+    """Markdown passage → something a voice can say: no code ticks, emphasis, table pipes or bullets."""
+    text = re.sub(r"`+|\*\*|__", "", text)
+    text = re.sub(r"\|?(\s*:?-{3,}:?\s*\|)+", " ", text)  # table separator rows
+    text = re.sub(r"(\s*\|\s*)+", "; ", text).strip("; ")
+    text = re.sub(r"(^|\s)[-*] ", r"\1", text)
+    return " ".join(text.split())
+
+
 def _sentences(text: str) -> list[str]:
     parts = re.split(r"(?<=[.!?])\s+", text)
     return [p + " " for p in parts[:-1]] + [parts[-1]] if parts else []
@@ -206,7 +215,7 @@ class PlannerBackend:
                 "I couldn't find anything about that in my knowledge base, so I can't answer it.",
             )
         best = hits[0]
-        answer = best["text"][: ctx.settings.max_answer_chars]
+        answer = plain(best["text"])[: ctx.settings.max_answer_chars]
         for sentence in _sentences(answer):
             await ctx.updates.partial(sentence)
         await ctx.updates.final(f"{answer} (source: {best['source']}, {best['title']})")
@@ -214,7 +223,7 @@ class PlannerBackend:
     async def card(self, ctx: DelegationContext, text: str) -> None:
         topic = card_topic(text)
         hits = await self._search(ctx, topic, top_k=1)
-        body = hits[0]["text"][:600] if hits else "Nothing in the knowledge base about this yet."
+        body = plain(hits[0]["text"])[:600] if hits else "Nothing in the knowledge base about this yet."
         fields = {"Source": hits[0]["source"]} if hits else {}
         card = await ctx.tools.call("ui_card", {"title": topic[:120], "body": body, "fields": fields})
         await ctx.updates.card(card_from_json(card))

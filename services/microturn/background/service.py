@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from opentelemetry import trace
+from opentelemetry import metrics, trace
 
 from microturn.background.backend import Backend, DelegationContext, DelegationFailed, Tools
 from microturn.background.openai_backend import OpenAIBackend
@@ -26,12 +26,18 @@ from microturn.background.updates import ErrorCode, UpdateStream
 from microturn.bus import Attempt, Bus, PermanentError, RetryableError, WorkQueue, subjects, trace_context
 from microturn.config import Settings
 from microturn.telemetry import log_context, session_attributes
+from microturn.tools import clock
 from microturn.tools.catalog import build_registry
 from microturn.tools.client import ToolClient
 from microturn.v1 import delegation_pb2
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("microturn.background")
+meter = metrics.get_meter("microturn.background")
+DELEGATIONS = meter.create_counter("microturn.delegations", description="delegations ended, by outcome")
+DELEGATION_MS = meter.create_histogram(
+    "microturn.delegation.duration", unit="ms", description="from pick-up to the last update"
+)
 CancelReason = delegation_pb2.CancelReason
 
 
@@ -58,12 +64,14 @@ class BackgroundService:
         self.registry = build_registry(settings.tools)
         self.bus: Bus | None = None
         self.queue: WorkQueue | None = None
+        self.tools: ToolClient | None = None
         self._cancels: Subscription | None = None
         self._running: dict[str, _Running] = {}
         self._notified: set[str] = set()  # ended with an error update, then dead-lettered
 
     async def start(self) -> None:
         s = self.settings
+        clock.warm_up()  # the planner resolves city names
         self.bus = await Bus.connect(s.nats.client_url, s.bus, name="microturn-background")
         self.tools = ToolClient(self.bus, s.background.tool_timeout_s)
         self._cancels = await self.bus.nc.subscribe(f"{subjects.PREFIX}.cancel.>", cb=self._on_cancel)
@@ -137,6 +145,19 @@ class BackgroundService:
         assert self.bus is not None
         req = self._decode(msg)
         log.info("delegation %s started (attempt %d)", req.delegation_id, attempt.number)
+        started = time.perf_counter()
+        updates = UpdateStream(self.bus, req)
+        try:
+            await self._handle(req, msg, attempt, updates)
+        finally:
+            if updates.finished:
+                outcome = updates.outcome
+                DELEGATIONS.add(1, {"outcome": outcome, "backend": self.backend.name})
+                DELEGATION_MS.record((time.perf_counter() - started) * 1000, {"outcome": outcome})
+
+    async def _handle(
+        self, req: delegation_pb2.DelegationRequest, msg: Msg, attempt: Attempt, updates: UpdateStream
+    ) -> None:
         with (
             tracer.start_as_current_span(
                 "delegation",
@@ -152,12 +173,12 @@ class BackgroundService:
                 session_id=req.session_id, chunk_index=req.chunk_index, delegation_id=req.delegation_id
             ),
         ):
-            updates = UpdateStream(self.bus, req)
             reason = await self._cancelled_before(req)
             if reason is not None:
                 await updates.error(ErrorCode.DELEGATION_ERROR_CODE_CANCELLED, _cancel_text(reason))
                 return
             deadline_ms = self._deadline_unix_ms(req)
+            assert self.tools is not None
             tools = Tools(self.tools, self.registry, req, deadline_ms)
             ctx = DelegationContext(req, updates, tools, self.settings.background)
             try:

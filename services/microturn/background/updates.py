@@ -25,6 +25,7 @@ class UpdateStream:
         self.subject = subjects.update_subject(request.session_id)
         self.seq = 0
         self.finished = False
+        self.outcome = ""  # "final" or the error code's name, once finished
         self.streamed_text = ""
 
     async def partial(self, text: str) -> None:
@@ -60,3 +61,5 @@ class UpdateStream:
         )
         if last:
             self.finished = True
+            error = kind.get("error")
+            self.outcome = ErrorCode.Name(error.code) if error is not None else "final"

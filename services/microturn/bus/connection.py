@@ -80,7 +80,11 @@ class Bus:
         async def on_error(exc: Exception) -> None:
             log.debug("nats: %s", exc)
 
+        client: list[Client] = []
+
         async def on_disconnect() -> None:
+            if client and (client[0].is_closed or client[0].is_draining):
+                return
             log.warning("nats: disconnected, reconnecting")
 
         async def on_reconnect() -> None:
@@ -100,6 +104,7 @@ class Bus:
                     disconnected_cb=on_disconnect,
                     reconnected_cb=on_reconnect,
                 )
+                client.append(nc)
                 break
             except (NoServersError, OSError, NatsTimeoutError) as exc:
                 if time.monotonic() > deadline:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
@@ -35,6 +35,7 @@ class UpdateDelivery:
 
     update: delegation_pb2.BackgroundUpdate
     msg: Msg = field(repr=False)
+    _on_ack: Callable[[UpdateDelivery], None] | None = field(default=None, repr=False)
 
     @property
     def is_last(self) -> bool:
@@ -43,6 +44,8 @@ class UpdateDelivery:
 
     async def ack(self) -> None:
         await self.msg.ack()
+        if self._on_ack is not None:
+            self._on_ack(self)
 
 
 class SessionUpdates:
@@ -54,6 +57,9 @@ class SessionUpdates:
         self.durable = f"session-{session_id}"
         self._sub: JetStreamContext.PullSubscription | None = None
         self._seen: set[tuple[str, int]] = set()
+        # Handed out, not acked yet: a redelivery (ack_wait passed) refreshes the held delivery
+        # instead of being handed out twice; its ack then goes to the newest delivery.
+        self._held: dict[int, UpdateDelivery] = {}
 
     async def open(self) -> SessionUpdates:
         s = self.bus.settings
@@ -106,12 +112,22 @@ class SessionUpdates:
                 except Exception:
                     await msg.term()  # nothing a reader can do with it
                     continue
+                stream_seq = msg.metadata.sequence.stream
+                held = self._held.get(stream_seq)
+                if held is not None:
+                    held.msg = msg
+                    continue
                 key = (update.delegation_id, update.seq)
-                if key in self._seen:
+                if key in self._seen:  # published twice (a re-run past the de-duplication window)
                     await msg.ack()
                     continue
                 self._seen.add(key)
-                return UpdateDelivery(update, msg)
+                delivery = UpdateDelivery(update, msg, self._acked)
+                self._held[stream_seq] = delivery
+                return delivery
+
+    def _acked(self, delivery: UpdateDelivery) -> None:
+        self._held.pop(delivery.msg.metadata.sequence.stream, None)
 
     async def close(self, delete: bool = True) -> None:
         """Stop reading; ``delete`` (session over) also removes the durable consumer."""

@@ -40,11 +40,17 @@ class Attempt:
 
 
 Handler = Callable[[Msg, Attempt], Awaitable[None]]
+FROM_SETTINGS = -1  # max_attempts: use bus.max_attempts
 DeadHook = Callable[[Msg, str], Awaitable[None]]
 
 
 class WorkQueue:
-    """Run ``handler`` for every message on a durable consumer, at most ``concurrency`` at a time."""
+    """Run ``handler`` for every message on a durable consumer, at most ``concurrency`` at a time.
+
+    ``max_attempts``: deliveries before dead-lettering (default ``bus.max_attempts``; None: unbounded,
+    for queues whose handler defers by design, like timers). ``on_dead`` runs before a message is
+    dead-lettered, e.g. to tell the session its delegation was given up.
+    """
 
     def __init__(
         self,
@@ -56,7 +62,7 @@ class WorkQueue:
         kind: str,
         handler: Handler,
         concurrency: int,
-        max_attempts: int | None = -1,
+        max_attempts: int | None = FROM_SETTINGS,
         on_dead: DeadHook | None = None,
     ) -> None:
         self.bus = bus
@@ -66,7 +72,7 @@ class WorkQueue:
         self.kind = kind
         self.handler = handler
         self.concurrency = concurrency
-        self.max_attempts = bus.settings.max_attempts if max_attempts == -1 else max_attempts
+        self.max_attempts = bus.settings.max_attempts if max_attempts == FROM_SETTINGS else max_attempts
         self.on_dead = on_dead
         self._sub: JetStreamContext.PullSubscription | None = None
         self._loop_task: asyncio.Task[None] | None = None

@@ -3,6 +3,7 @@ loads on first use), so the background service uses it too, for tool description
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from microturn.config import ToolsSettings
@@ -28,12 +29,17 @@ def build_registry(settings: ToolsSettings, index: KnowledgeIndex | None = None)
         max_int_bits=settings.calculator_max_int_bits,
         max_exponent=settings.calculator_max_exponent,
     )
+    tools = [
+        calculator_tool(limits),
+        clock_tool(),
+        timer_tool(settings.max_timer_s),
+        knowledge_tool(index or knowledge_index(settings)),
+        ui_card_tool(),
+    ]
+    unknown = set(settings.timeout_ms) - {t.name for t in tools}
+    if unknown:
+        raise ValueError(f"tools.timeout_ms names unknown tools: {', '.join(sorted(unknown))}")
     return ToolRegistry(
-        [
-            calculator_tool(limits),
-            clock_tool(),
-            timer_tool(settings.max_timer_s),
-            knowledge_tool(index or knowledge_index(settings)),
-            ui_card_tool(),
-        ]
+        dataclasses.replace(t, timeout_ms=settings.timeout_ms[t.name]) if t.name in settings.timeout_ms else t
+        for t in tools
     )

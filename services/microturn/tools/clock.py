@@ -36,12 +36,17 @@ _ALIASES = {
 
 @functools.cache
 def _by_city() -> dict[str, str]:
+    """City name → IANA zone (reads the zone database once; services call it at start)."""
     out: dict[str, str] = {}
     for name in sorted(zoneinfo.available_timezones()):
         if "/" in name and not name.startswith(("Etc/", "SystemV/", "posix/", "right/")):
             out.setdefault(name.rsplit("/", 1)[1].replace("_", " ").lower(), name)
     out.update(_ALIASES)
     return out
+
+
+def warm_up() -> None:
+    _by_city()
 
 
 def resolve_timezone(name: str) -> zoneinfo.ZoneInfo:

@@ -7,6 +7,7 @@ from opentelemetry import trace
 
 from microturn.telemetry import session_attributes
 from microturn.tools.executor import ToolExecutor
+from microturn.tools.metrics import record_call
 from microturn.v1 import tools_pb2, tools_pb2_grpc
 
 tracer = trace.get_tracer("microturn.tools")
@@ -27,7 +28,9 @@ class ToolsServicer(tools_pb2_grpc.ToolsServicer):
                 "rpc.system": "grpc",
             },
         ):
-            return await self.executor.execute(request)
+            result = await self.executor.execute(request)
+            record_call(self.executor, request, result, "grpc")
+            return result
 
     async def ListTools(
         self, request: tools_pb2.ListToolsRequest, context: grpc.aio.ServicerContext

@@ -114,7 +114,7 @@ class KnowledgeIndex:
     def __init__(self, dirs: list[Path], limits: CorpusLimits = CorpusLimits()) -> None:
         self.dirs = dirs
         self.limits = limits
-        self._lock = asyncio.Lock()
+        self._building: asyncio.Future[None] | None = None
         self._model: Any = None
         self._passages: list[Passage] = []
         self._matrix: Any = None
@@ -132,9 +132,16 @@ class KnowledgeIndex:
         log.info("knowledge index: %d passages from %s", len(passages), ", ".join(map(str, self.dirs)))
 
     async def load(self) -> None:
-        async with self._lock:
-            if self._model is None:
-                await asyncio.to_thread(self._build)
+        """Build once; callers share the build, and one that times out leaves it running for the next."""
+        if self._building is None:
+            self._building = asyncio.ensure_future(asyncio.to_thread(self._build))
+        try:
+            await asyncio.shield(self._building)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._building = None  # let a later call try again
+            raise
 
     async def search(self, query: str, top_k: int = 3) -> list[dict[str, Any]]:
         await self.load()

@@ -8,6 +8,7 @@ import grpc
 
 from microturn.bus import Bus
 from microturn.config import Settings
+from microturn.tools import clock
 from microturn.tools.catalog import build_registry, knowledge_index
 from microturn.tools.executor import ToolExecutor
 from microturn.tools.grpc_server import start_grpc
@@ -29,6 +30,7 @@ class ToolsService:
 
     async def start(self) -> None:
         s = self.settings
+        clock.warm_up()
         if s.tools.knowledge_preload:
             await self.index.load()
         self.bus = await Bus.connect(s.nats.client_url, s.bus, name="microturn-tools")

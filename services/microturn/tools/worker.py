@@ -12,6 +12,7 @@ from opentelemetry import trace
 from microturn.bus import Attempt, Bus, Defer, PermanentError, WorkQueue, subjects, trace_context
 from microturn.telemetry import log_context, session_attributes
 from microturn.tools.executor import ToolExecutor
+from microturn.tools.metrics import TIMERS_FIRED, record_call
 from microturn.tools.timers import due_text, timer_update_id
 from microturn.v1 import delegation_pb2, tools_pb2
 
@@ -81,6 +82,7 @@ class ToolWorker:
                 log.info("tool call %s failed: %s", call.call_id, result.error.message)
             else:
                 log.info("tool call %s done in %d us", call.call_id, result.duration_us)
+            record_call(self.executor, call, result, "nats")
             await self.bus.publish(result_subject, result, msg_id=call.call_id)
 
     async def handle_timer(self, msg: Msg, attempt: Attempt) -> None:
@@ -108,3 +110,4 @@ class ToolWorker:
                 sent_unix_us=time.time_ns() // 1000,
             )
             await self.bus.publish(subjects.update_subject(session_id), update, msg_id=f"{update_id}:1")
+            TIMERS_FIRED.add(1)
