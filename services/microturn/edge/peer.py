@@ -195,13 +195,9 @@ class EdgeSession:
     async def _cut_chunks(self) -> None:
         """At each boundary (plus cut_delay_ms), send the chunk that just ended."""
         assert self.grpc is not None and self.t0_ms is not None
-        # Chunks already past while the stream was opening are skipped: the session starts now.
-        k = max(0, self.clock.index(self.t0_ms, now_unix_ms()))
-        if k:
-            self.t0_ms += k * self.limits.chunk_ms
-            self.grpc.t0_ms = self.t0_ms
-            k = 0
-            self.chunker = AudioChunker(self.chunker.n)
+        # If opening the stream took longer than a chunk, the first chunks go out at once (late,
+        # which the replica absorbs) rather than shifting the session's clock.
+        k = 0
         while True:
             due = self.clock.end(self.t0_ms, k) + self.cfg.cut_delay_ms
             await asyncio.sleep(max(0.0, (due - now_unix_ms()) / 1000))

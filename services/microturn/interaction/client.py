@@ -96,10 +96,12 @@ class InteractionSession:
         if reply.WhichOneof("kind") == "error":
             call.cancel()
             raise SessionRejected(reply.error)
-        self._call = call
         self.accepted = reply.accepted
-        for k in range(live_from, self.next_index):  # chunks in flight when the last stream broke
+        k = live_from
+        while k < self.next_index:  # chunks in flight when the last stream broke, and new ones
             await call.write(interaction_pb2.ClientMessage(chunk=self.window[k]))
+            k += 1
+        self._call = call  # from here on send() writes directly (no await since the check above)
         return reply.accepted
 
     async def recover(self) -> interaction_pb2.SessionAccepted:
@@ -141,8 +143,11 @@ class InteractionSession:
             while len(self.window) > self.window_chunks and next(iter(self.window)) <= self.answered:
                 self.window.popitem(last=False)
         self.next_index += 1
+        if self._call is None:
+            if self.accepted is None:
+                raise RuntimeError("open() the session first")
+            return  # recovering: the reopened stream sends it from the window
         try:
-            assert self._call is not None, "open() first"
             await self._call.write(interaction_pb2.ClientMessage(chunk=chunk))
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
             pass  # the read side notices and recovers; the chunk is in the window
