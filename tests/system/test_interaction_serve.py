@@ -12,8 +12,12 @@ import numpy as np
 import pytest
 from ray.util.state import list_actors
 
+from microturn.edge.app import create_app
 from microturn.interaction.client import InteractionSession
+from microturn.localrun.ports import free_port
 
+from ..edge.conftest import edge_settings, start_uvicorn, wait_until
+from ..edge.webrtc_client import EdgeClient
 from ..interaction.conftest import chunk_for, session_origin
 from .conftest import LocalRun
 
@@ -101,3 +105,31 @@ async def test_replica_killed_mid_session_recovers_with_the_same_continuation(sy
             pa, pb = (np.frombuffer(x.audio.pcm_s16le, dtype=np.int16).astype(int) for x in (a, b))
             assert np.abs(pa - pb).max() <= 2, f"chunk {a.header.chunk_index} differs after recovery"
         await sess.close()
+
+
+async def test_call_through_the_edge_survives_a_replica_restart(system):
+    settings = edge_settings(system.port("MICROTURN_INTERACTION__GRPC_PORT"))
+    app = create_app(settings)
+    server, task = await start_uvicorn(app, free_port())
+    edge = app.state.edge
+    client = EdgeClient(f"http://127.0.0.1:{server.config.port}", video=False)
+    try:
+        await client.connect()
+        sid = client.session_id
+
+        def chunks_back() -> int:
+            return sum(e["type"] == "chunk" for e in client.events)
+
+        await wait_until(lambda: chunks_back() >= 5, 120, "5 output chunks")
+        session = edge.sessions[sid]
+        os.kill(replica_pid(system, session.grpc.accepted.replica_id), signal.SIGKILL)
+        before = chunks_back()
+        await wait_until(lambda: chunks_back() >= before + 10, 120, "10 more output chunks after the kill")
+        assert session.grpc.recoveries >= 1
+        assert any(e["type"] == "state" and e["detail"].startswith("recovered on replica") for e in client.events)
+        indices = [e["chunk"] for e in client.events if e["type"] == "chunk"]
+        assert indices == list(range(len(indices))), "output chunks lost or repeated across the recovery"
+    finally:
+        await client.close()
+        server.should_exit = True
+        await task
