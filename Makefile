@@ -52,8 +52,8 @@ eval: install system-deps
 	$(PY) -m microturn.gym.eval
 
 lint: install
-	$(VENV)/bin/ruff check services tests
-	$(VENV)/bin/ruff format --check services tests
+	$(VENV)/bin/ruff check services tests benchmarks
+	$(VENV)/bin/ruff format --check services tests benchmarks
 
 protos: install
 	$(PY) -m microturn.protocol.codegen

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from microturn.protocol.chunks import hop_latencies_us, make_header, stamp, validate_session_id
 from microturn.protocol.clock import ChunkClock
 

@@ -8,6 +8,7 @@ import filecmp
 import pytest
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+
 from microturn.protocol import codegen
 from microturn.v1 import (
     chunk_pb2,

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from microturn.config import ConfigError, load_settings
 from pydantic import ValidationError
+
+from microturn.config import ConfigError, load_settings
 
 
 @pytest.fixture(autouse=True)

@@ -25,7 +25,7 @@ def test_untrained_model_runs_through_harness(untrained) -> None:
     model, label = untrained
     responder = EngineResponder(model, label, num_slots=4)
     result = evaluate(responder, ["timespeak", "delegation"], [1_000_000])
-    assert "untrained" in result.responder and result.model_version == "untrained-tiny"
+    assert "untrained" in result.responder and result.model_version == "tiny-untrained"
     for fam in result.families.values():
         for ch in ("text", "speech"):
             assert 0.0 <= fam.score[ch] <= 100.0
@@ -49,7 +49,7 @@ def test_wav2wav_same_length_any_rate(tmp_path, untrained) -> None:
     info = convert(src, out, EngineResponder(model, label, num_slots=1))
     with wave.open(str(out)) as w:
         assert (w.getframerate(), w.getnchannels(), w.getnframes()) == (16000, 1, n)
-    assert info["model_version"] == "untrained-tiny" and (tmp_path / "out.wav.json").exists()
+    assert info["model_version"] == "tiny-untrained" and (tmp_path / "out.wav.json").exists()
     silent = tmp_path / "silent.wav"
     convert(src, silent, SilenceResponder())
     with wave.open(str(silent)) as w:

@@ -126,7 +126,9 @@ async def test_call_through_the_edge_survives_a_replica_restart(system):
         before = chunks_back()
         await wait_until(lambda: chunks_back() >= before + 10, 120, "10 more output chunks after the kill")
         assert session.grpc.recoveries >= 1
-        assert any(e["type"] == "state" and e["detail"].startswith("recovered on replica") for e in client.events)
+        assert any(
+            e["type"] == "state" and e["detail"].startswith("recovered on replica") for e in client.events
+        )
         indices = [e["chunk"] for e in client.events if e["type"] == "chunk"]
         assert indices == list(range(len(indices))), "output chunks lost or repeated across the recovery"
     finally:

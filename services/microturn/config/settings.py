@@ -128,22 +128,31 @@ class EdgeSettings(_Section):
     host: str = "127.0.0.1"
     port: Port = 8080
     interaction_target: str | None = Field(
-        None, description="host:port of the Interaction gRPC endpoint; unset: this machine's interaction.grpc_port"
+        None,
+        description="host:port of the Interaction gRPC endpoint; unset: this machine's interaction.grpc_port",
     )
     max_sessions: int = Field(40, ge=1, le=10_000, description="sessions per edge process (~20-25 per core)")
-    ice_servers: list[IceServer] = Field(default_factory=list, description="STUN/TURN servers; none by default")
+    ice_servers: list[IceServer] = Field(
+        default_factory=list, description="STUN/TURN servers; none by default"
+    )
     ice_host_addresses: list[str] = Field(
         default_factory=list, description="gather host candidates only on these addresses (e.g. 127.0.0.1)"
     )
-    token_secret: str | None = Field(None, description="HMAC key of session tokens; unset: random per process")
+    token_secret: str | None = Field(
+        None, description="HMAC key of session tokens; unset: random per process"
+    )
     token_ttl_s: float = Field(300.0, gt=0, le=86_400, description="a session token is valid this long")
     offer_timeout_s: float = Field(30.0, gt=0, le=3600, description="reap a session with no offer after this")
     idle_timeout_s: float = Field(30.0, gt=0, le=3600, description="reap a session with no media this long")
     max_sdp_bytes: int = Field(32_768, ge=1024, le=1 << 20)
     max_datachannel_bytes: int = Field(4096, ge=64, le=1 << 20)
-    video_every_n: int = Field(6, ge=1, le=300, description="keep every Nth camera frame (30 fps / 6 = 5 fps)")
+    video_every_n: int = Field(
+        6, ge=1, le=300, description="keep every Nth camera frame (30 fps / 6 = 5 fps)"
+    )
     cut_delay_ms: int = Field(10, ge=0, le=100, description="cut a chunk this long after its boundary")
-    playout_max_ms: int = Field(600, ge=100, le=10_000, description="output jitter buffer bound; older audio dropped")
+    playout_max_ms: int = Field(
+        600, ge=100, le=10_000, description="output jitter buffer bound; older audio dropped"
+    )
     replay_window_chunks: int = Field(1500, ge=10, le=1_000_000, description="input chunks kept for recovery")
 
     _check_ports = field_validator("port")(_port)

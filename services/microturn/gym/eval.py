@@ -4,7 +4,7 @@
                                  [--out .state/eval] [--asr template|sphinx]
 
 Seeds are held out from training: eval seeds are EVAL_SEED_BASE + i (training uses seeds below it).
-Without --checkpoint the shipped model (models/microturn-gym.safetensors) is used if present,
+Without --checkpoint the shipped model (microturn.model.SHIPPED_CHECKPOINT) is used if present,
 otherwise a randomly initialised tiny model, labelled untrained.
 """
 

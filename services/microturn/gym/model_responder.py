@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from microturn.gym.responders import OutChunk, _PerSession
 from microturn.gym.session import Session
 
-# Where a trained model is shipped; ``make eval`` uses it when present (override: MICROTURN_CHECKPOINT).
-DEFAULT_CHECKPOINT = Path("models/microturn-gym.safetensors")
-
 
 def default_checkpoint() -> Path | None:
-    path = Path(os.environ.get("MICROTURN_CHECKPOINT", str(DEFAULT_CHECKPOINT)))
-    return path if path.is_file() else None
+    """The shipped default model (microturn.model.SHIPPED_CHECKPOINT) when present."""
+    from microturn.model import SHIPPED_CHECKPOINT
+
+    return SHIPPED_CHECKPOINT if SHIPPED_CHECKPOINT.is_file() else None
 
 
 class EngineResponder(_PerSession):
@@ -59,13 +57,9 @@ class EngineResponder(_PerSession):
 def load_model(checkpoint: str | Path | None, preset_name: str = "tiny", seed: int = 0) -> tuple[Any, str]:
     """A model from a checkpoint, or a randomly initialised ``preset_name`` model when None.
     Returns (model, label) — the label says "untrained" for random weights."""
-    import torch
-
-    from microturn.model import InteractionModel, load_checkpoint, preset
+    from microturn.model import init_untrained, load_checkpoint
 
     if checkpoint is not None:
         model = load_checkpoint(checkpoint)
         return model, f"model {model.version}"
-    torch.manual_seed(seed)
-    model = InteractionModel(preset(preset_name), version=f"untrained-{preset_name}")
-    return model, f"untrained {preset_name} model (random init)"
+    return init_untrained(preset_name, seed), f"untrained {preset_name} model (random init)"

@@ -147,10 +147,9 @@ class InteractionSession:
             if self.accepted is None:
                 raise RuntimeError("open() the session first")
             return  # recovering: the reopened stream sends it from the window
-        try:
+        # A broken stream is noticed (and recovered) by the read side; the chunk is in the window.
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
             await self._call.write(interaction_pb2.ClientMessage(chunk=chunk))
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
-            pass  # the read side notices and recovers; the chunk is in the window
 
     async def receive(self) -> interaction_pb2.ServerMessage:
         """The next output chunk or (non-recoverable) error; recovers transparently."""

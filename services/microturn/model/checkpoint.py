@@ -65,3 +65,27 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Int
         raise CheckpointError(f"checkpoint {path} does not match its config: " + "; ".join(problems))
     model.load_state_dict(tensors)
     return model.to(device).eval()
+
+
+# The embedded default model: shipped inside the distribution, used by `make up` and `make eval`.
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "microturn-tiny.safetensors"
+
+
+def load_or_init(
+    checkpoint: str | Path | None = None, preset_name: str = "tiny", seed: int = 0
+) -> InteractionModel:
+    """``checkpoint`` if given, else the shipped default if present, else a randomly initialised
+    ``preset_name`` model whose version says ``untrained`` (so every output chunk says so too)."""
+    if checkpoint is None and SHIPPED_CHECKPOINT.is_file():
+        checkpoint = SHIPPED_CHECKPOINT
+    if checkpoint is not None:
+        return load_checkpoint(checkpoint)
+    return init_untrained(preset_name, seed)
+
+
+def init_untrained(preset_name: str = "tiny", seed: int = 0) -> InteractionModel:
+    """A seeded random initialisation (the same weights in every process)."""
+    from microturn.model.config import preset
+
+    torch.manual_seed(seed)
+    return InteractionModel(preset(preset_name), version=f"{preset_name}-untrained")

@@ -16,7 +16,9 @@ from opentelemetry import trace
 
 from microturn.telemetry.attributes import CHUNK_INDEX, SESSION_ID
 
-_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("microturn_log_context", default=None)
+_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "microturn_log_context", default=None
+)
 
 
 @contextlib.contextmanager
