@@ -63,3 +63,12 @@ async def core_server(request) -> AsyncIterator[tuple[InteractionCore, grpc.aio.
 
 def new_session(channel, sid: str, t0: int, seed: int = 7, **kw) -> InteractionSession:
     return InteractionSession(channel, APP, sid, seed=seed, t0_ms=t0, **kw)
+
+
+def assert_same_continuation(outs: list, reference: list) -> None:
+    """Output chunks equal a reference run's: same indices and text, PCM within 2 LSB."""
+    for a, b in zip(outs, reference, strict=True):
+        assert a.header.chunk_index == b.header.chunk_index
+        assert a.text == b.text
+        pa, pb = (np.frombuffer(x.audio.pcm_s16le, dtype=np.int16).astype(int) for x in (a, b))
+        assert np.abs(pa - pb).max() <= 2, f"chunk {a.header.chunk_index} differs from the reference"
