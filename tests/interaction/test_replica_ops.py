@@ -13,6 +13,7 @@ from microturn.config import load_settings
 from microturn.interaction.core import InteractionCore
 from microturn.interaction.grpc_server import start_server
 from microturn.localrun.ports import free_port
+from microturn.protocol.clock import now_unix_ms
 from microturn.v1 import interaction_pb2
 
 from .conftest import chunk_for, new_session, session_origin, tiny_model
@@ -67,7 +68,9 @@ async def test_tick_metrics_are_exported():
             for k in range(3):
                 await sess.send(chunk_for("s-metrics", k, t0))
                 await asyncio.wait_for(sess.receive(), 10)
+            before = now_unix_ms()
             data = reader.get_metrics_data()
+            after = now_unix_ms()
             points = {
                 m.name: m.data.data_points
                 for rm in data.resource_metrics
@@ -82,6 +85,6 @@ async def test_tick_metrics_are_exported():
     assert sum(p.sum for p in points["microturn_tick_batch_size"]) == 3
     lag = points["microturn_session_lag"]
     assert [p.attributes["session.id"] for p in lag] == ["s-metrics"]
-    # the session origin was placed 200 ms in the past, so the session runs behind wall time
-    assert lag[0].value > 0
+    # lag = wall time past the end of the next expected chunk (chunk 3 ends at t0 + 800 ms)
+    assert before - (t0 + 800) <= lag[0].value <= after - (t0 + 800)
     assert points["microturn_sessions"][0].value == 1
