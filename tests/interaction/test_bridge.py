@@ -15,7 +15,7 @@ from microturn.engine import DelegationOpened
 from microturn.interaction.core import InteractionCore
 from microturn.interaction.grpc_server import start_server
 from microturn.localrun.ports import free_port
-from microturn.v1 import delegation_pb2, media_pb2
+from microturn.v1 import delegation_pb2, interaction_pb2_grpc, media_pb2
 
 from .conftest import chunk_for, new_session, session_origin, tiny_model
 
@@ -103,3 +103,65 @@ async def test_background_update_enters_the_next_tick(bridged):
     ]
     assert transcript == ["It is 42."]
     await sess.close()
+
+
+async def test_update_not_fed_before_a_replica_dies_reaches_the_next_owner(nats_server):
+    """Replica A holds an update it never fed to the model when it dies; the session moves to
+    replica B with a replay and B feeds the redelivered update: nothing is lost."""
+    settings = load_settings(
+        overrides={
+            "nats": {"port": nats_server.port, "monitor_port": nats_server.monitor_port},
+            "bus": {"ack_wait_s": 1.0},
+            "interaction": {"bus": True, "session_slots": 2, "tick_grace_ms": 20},
+        }
+    )
+    cores, servers, channels = [], [], []
+    for name in ("A", "B"):
+        core = InteractionCore(settings, f"replica-{name}", model=tiny_model())
+        port = free_port()
+        servers.append(await start_server(core, "127.0.0.1", port))
+        channels.append(grpc.aio.insecure_channel(f"127.0.0.1:{port}"))
+        cores.append(core)
+    a, b = cores
+    bus = await Bus.connect(nats_server.url, settings.bus, name="test")
+    try:
+        t0 = session_origin()
+        sess = new_session(channels[0], "s-moves", t0)
+        await sess.open()
+        assert await a.bridge.wait_connected(10)
+        for k in range(2):
+            await sess.send(chunk_for("s-moves", k, t0))
+            await asyncio.wait_for(sess.receive(), 10)
+        a._tick_task.cancel()  # replica A stalls: it will receive the update but never tick again
+        update = delegation_pb2.BackgroundUpdate(
+            delegation_id="d-7", session_id="s-moves", seq=1, final=delegation_pb2.FinalResult(text="Seven.")
+        )
+        await bus.publish(subjects.update_subject("s-moves"), update, msg_id="d-7-1")
+        deadline = asyncio.get_running_loop().time() + 10
+        while not a.sessions["s-moves"].updates:
+            assert asyncio.get_running_loop().time() < deadline, "replica A never received the update"
+            await asyncio.sleep(0.05)
+        await a.bridge.close()  # A dies with the update unacked
+        await servers[0].stop(grace=None)
+
+        sess.stub = interaction_pb2_grpc.InteractionStub(channels[1])  # the router now points at B
+        accepted = await sess.recover()
+        assert accepted.replica_id == "replica-B"
+        consumed = None
+        for k in range(2, 30):
+            await sess.send(chunk_for("s-moves", k, t0))
+            out = (await asyncio.wait_for(sess.receive(), 10)).chunk
+            events = [e.background_update for e in out.events if e.WhichOneof("kind") == "background_update"]
+            if events:
+                consumed = events[0]
+                break
+        assert consumed is not None, "the update was lost with replica A"
+        assert (consumed.delegation_id, consumed.text) == ("d-7", "Seven.")
+        await sess.close()
+    finally:
+        await bus.close()
+        for ch in channels:
+            await ch.close()
+        await servers[1].stop(grace=None)
+        for core in cores:
+            await core.drain()
