@@ -2,6 +2,7 @@
 #   make up      set up and run the whole system on this machine (Ctrl-C or `make down` stops it)
 #   make test    set up and run the test suite
 #   make bench   run the benchmarks (prints tables and ratios)
+#   make eval    score models on the interaction gym; make train: train the default model
 #   make lint    ruff
 #   make protos  regenerate the Python stubs from protos/
 
@@ -15,7 +16,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install up down test bench eval lint protos system-deps clean
+.PHONY: install up down test bench eval train lint protos system-deps clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +51,9 @@ bench: install
 
 eval: install system-deps
 	$(PY) -m microturn.gym.eval
+
+train: install system-deps
+	$(PY) -m microturn.train --preset tiny-cpu
 
 lint: install
 	$(VENV)/bin/ruff check services tests benchmarks

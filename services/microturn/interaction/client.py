@@ -26,8 +26,9 @@ from microturn.v1 import interaction_pb2, interaction_pb2_grpc, media_pb2
 log = logging.getLogger(__name__)
 
 RECOVERABLE = {Code.ERROR_CODE_UNKNOWN_SESSION, Code.ERROR_CODE_DRAINING}
+# RESOURCE_EXHAUSTED: Serve's queue in front of the replicas was full (backpressure).
 RECOVERABLE_STATUS = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL,
-                      grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED}  # fmt: skip
+                      grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED, grpc.StatusCode.RESOURCE_EXHAUSTED}  # fmt: skip
 
 
 class SessionRejected(Exception):

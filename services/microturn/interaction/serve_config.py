@@ -42,6 +42,8 @@ def render(settings: Settings) -> dict[str, Any]:
     (dep,) = app["deployments"]
     dep["num_replicas"] = cfg.replicas
     dep["max_ongoing_requests"] = max(dep["max_ongoing_requests"], 2 * cfg.session_slots)
+    # A burst of session opens (every caller of a restarted replica at once) may briefly queue.
+    dep["max_queued_requests"] = max(dep["max_queued_requests"], 2 * cfg.session_slots)
     dep["ray_actor_options"].update(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
     return doc
 
