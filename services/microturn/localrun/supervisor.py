@@ -263,6 +263,9 @@ class Supervisor:
         for child in self.children:
             for key, value in child.spec.endpoints.items():
                 lines.append(f"  {child.spec.name:<12} {key:<10} {value}")
+        pages = [c.spec.endpoints["open"] for c in self.children if "open" in c.spec.endpoints]
+        if pages:
+            lines.append(f"Open {pages[0]} in a browser to talk to the model.")
         lines.append("Press Ctrl-C (or run `make down`) to stop.")
         for line in lines:
             self.say(line)
