@@ -190,3 +190,34 @@ async def test_over_capacity_is_typed_and_retryable(core_server):
     assert (await extra.open()).session_id == "s-cap-x"  # a slot was freed
     for s in [*held[1:], extra]:
         await s.close()
+
+
+async def test_a_session_that_fell_behind_catches_up(core_server):
+    core, channel = core_server
+    t0 = session_origin() - 1000  # the session's media is already 1 s (5 chunks) past
+    sess = new_session(channel, "s-behind", t0)
+    await sess.open()
+    session = core.sessions["s-behind"]
+    core._tick_task.cancel()  # hold the ticks: look at the catch-up choice directly
+    for k in range(3):  # chunks at once, as after a recovery
+        await sess.send(chunk_for("s-behind", k, t0))
+    await wait_until(lambda: len(session.pending) == 3)
+    # overdue chunks are taken one per step, in order; a chunk whose media has not ended is not
+    assert [c.chunk_index for _, c in core._take_overdue(t0 + 200)] == [0]
+    assert core._take_overdue(t0 + 399) == []
+    assert [c.chunk_index for _, c in core._take_overdue(t0 + 10_000)] == [1]
+    assert [c.chunk_index for _, c in core._take_overdue(t0 + 10_000)] == [2]
+    assert core._take_overdue(t0 + 10_000) == []
+    core._tick_task = None
+    core.start()  # ticks resume; the session goes on
+    await sess.send(chunk_for("s-behind", 3, t0))
+    out = await asyncio.wait_for(sess.receive(), 10)
+    assert out.chunk.header.chunk_index == 3
+    await sess.close()
+
+
+async def wait_until(predicate, timeout_s: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
