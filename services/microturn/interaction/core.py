@@ -46,14 +46,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TickStats:
-    """Recent ticks, for health, the benchmark and metrics."""
+    """Counters of the tick loop (also exported as metrics); tests read them."""
 
     ticks: int = 0
-    chunks: int = 0
     misses: int = 0
-    last_batch: int = 0
     batches: deque[int] = field(default_factory=lambda: deque(maxlen=1000))
-    durations_us: deque[int] = field(default_factory=lambda: deque(maxlen=1000))
 
 
 class InteractionCore:
@@ -445,10 +442,7 @@ class InteractionCore:
         done_ms = now_unix_ms()
         st = self.stats
         st.ticks += 1
-        st.chunks += len(inputs)
-        st.last_batch = len(inputs)
         st.batches.append(len(inputs))
-        st.durations_us.append(engine_us)
         self._m_tick.record(engine_us / 1000)
         self._m_batch.record(len(inputs))
         for (s, chunk), out, updates in zip(batch, outputs, fed, strict=True):
