@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from typing import Protocol
 
-from microturn.telemetry import Telemetry
+from microturn.config import Settings, load_settings
+from microturn.telemetry import Telemetry, configure_logging, setup_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -39,3 +41,15 @@ async def run_until_signalled(service: Service, telemetry: Telemetry | None = No
             telemetry.set_ready(False)
         await service.stop()
         log.info("%s stopped", service.name)
+
+
+def serve_main(name: str, make_service: Callable[[Settings], Service]) -> None:
+    """The ``python -m microturn.<name>`` entry point of a bus service: settings, logs, telemetry,
+    then run until signalled."""
+    settings = load_settings()
+    configure_logging(name, settings.telemetry.log_format, settings.telemetry.log_level)
+    telemetry = setup_telemetry(name, settings.telemetry)
+    try:
+        asyncio.run(run_until_signalled(make_service(settings), telemetry))
+    finally:
+        telemetry.shutdown()
