@@ -223,3 +223,18 @@ def test_speaking_events(model, threshold, expect):
 def test_step_seed_mixes_both_inputs():
     seeds = {step_seed(s, k) for s in range(20) for k in range(20)}
     assert len(seeds) == 400 and all(0 <= x < 2**63 for x in seeds)
+
+
+@pytest.mark.parametrize("flow_temperature", [0.0, 1.0])
+def test_flow_temperature_scales_the_audio_noise(flow_temperature):
+    """At flow temperature 0 the audio is the ODE from the prior's mean: the session seed (which still
+    drives the text sampling, greedy here) no longer changes it; at 1 it does."""
+    torch.manual_seed(1)
+    cfg = preset("test", temperature=0.0, flow_temperature=flow_temperature)
+    m = InteractionModel(cfg, version="t").eval()
+    pcms = []
+    for seed in (1, 2):
+        eng = Engine(m, 1)
+        eng.open("s", seed=seed)
+        pcms.append(np.concatenate([o.pcm for c in make_chunks("s", 3) for o in eng.step([c])]))
+    assert np.array_equal(pcms[0], pcms[1]) == (flow_temperature == 0.0)

@@ -113,4 +113,11 @@ def test_ship_writes_a_versioned_checkpoint(bank, tmp_path):
     trainer = Trainer(TP, seed=0, out=tmp_path / "run", bank=bank)
     trainer.run(1, eval_every=0, quiet=True)
     dest = trainer.ship("microturn-tiny-v9", dest=tmp_path / "ckpt" / "shipped.safetensors")
-    assert load_checkpoint(dest).version == "microturn-tiny-v9"
+    shipped = load_checkpoint(dest)
+    assert shipped.version == "microturn-tiny-v9"
+    # stored in float16 (half the bytes), loaded back as the model's float32 weights
+    assert dest.stat().st_size < 0.6 * trainer.save().stat().st_size
+    for k, v in shipped.state_dict().items():
+        ref = trainer.model.state_dict()[k]
+        assert v.dtype == ref.dtype
+        torch.testing.assert_close(v, ref, rtol=1e-3, atol=1e-4)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from microturn.model import InteractionModel, preset
 from microturn.model import tokens as tk
 from microturn.train.data import SessionBank, TrainBatch, collate
-from microturn.train.objective import compute_losses, positions
+from microturn.train.objective import compute_losses, corrupt_feedback, positions
 
 CFG = preset("test")
 W = (8.0, 2.0, 4.0)
@@ -89,3 +89,30 @@ def test_moe_aux_loss_is_part_of_the_total(tmp_path):
     losses = compute_losses(model, collate([ex], [0], ex.n_turns, cfg, W), aux_weight=0.5)
     assert losses["moe_aux"] > 0
     torch.testing.assert_close(losses["total"], losses["text_ce"] + losses["flow"] + 0.5 * losses["moe_aux"])
+
+
+def test_feedback_corruption_is_seeded_bounded_and_keeps_the_targets(setup):
+    model, bank = setup
+    ex = bank.get("timespeak", 0)
+    batch = collate([ex, ex], [0, 0], ex.n_turns, CFG, W)
+    clean = batch.turns.audio_out.clone()
+    assert corrupt_feedback(clean, CFG.n_levels, 0.0, 0.0, None) is clean
+
+    def noisy(seed: int, sigma: float, replace: float) -> torch.Tensor:
+        return corrupt_feedback(clean, CFG.n_levels, sigma, replace, torch.Generator().manual_seed(seed))
+
+    a = noisy(1, 4.0, 0.25)
+    assert torch.equal(a, noisy(1, 4.0, 0.25)) and not torch.equal(a, noisy(2, 4.0, 0.25))
+    assert a.shape == clean.shape and a.dtype == clean.dtype
+    assert int(a.min()) >= 0 and int(a.max()) < CFG.n_levels
+    assert (a != clean).float().mean() > 0.05
+    # full replacement is noise spread over all levels, whatever the input was
+    r = noisy(3, 0.0, 1.0)
+    assert len(torch.unique(r)) == CFG.n_levels and (r != clean).float().mean() > 0.5
+
+    # the model reads the corrupted copy; the flow target and the batch stay clean
+    g = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    base = compute_losses(model, batch, g())
+    hurt = compute_losses(model, batch, g(), feedback_noise=(0.0, 1.0))
+    assert torch.equal(batch.turns.audio_out, clean)
+    assert not torch.isclose(base["text_ce"], hurt["text_ce"])

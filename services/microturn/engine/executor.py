@@ -103,6 +103,7 @@ class Executor:
         self.c_ln_eps = c(1e-5)
         self.c_inv_temp = c(1.0 / cfg.temperature if cfg.temperature > 0 else 1.0)
         self.c_half, self.c_center = c(model.flow.half), c(model.flow.center)
+        self.c_flow_temp = c(cfg.flow_temperature)
         self.c_i16 = c(32767.0)
         self.c_inv_melsum = c(1.0 / (cfg.frames_per_chunk * cfg.n_mels))
         self.c_one = c(1.0)
@@ -297,6 +298,7 @@ class Executor:
             g.manual_seed(seed)
             torch.rand(lay.n_text_out, tk.VOCAB_SIZE, generator=g, out=gum[r])
             torch.randn(lay.n_audio_out, cfg.mel_dim, generator=g, out=noise[r])
+            noise[r].mul_(self.c_flow_temp)
         gw = gum[:Bw]
         gw.clamp_(min=1e-10, max=1.0 - 1e-7).log_().neg_().log_().neg_()
 
@@ -634,6 +636,8 @@ class Executor:
         mel = self.b("melout", Bw, cfg.frames_per_chunk, cfg.n_mels)[:, j * fpt : (j + 1) * fpt]
         mv = xx.view(Bw, fpt, cfg.n_mels)
         mv.mul_(self.c_half).add_(self.c_center).clamp_(cfg.log_min, cfg.log_max)
-        mel.copy_(mv)
         lev = self.lb("aout", Bw, self.lay.n_audio_out, fpt, cfg.n_mels)[:, j]
         self.model.dmel.quantize_(mv, self.b("fv", Bw, fpt, cfg.n_mels), lev)
+        # the vocoder gets the mel snapped to the dMel levels the model was trained on (its targets are
+        # level centres): the flow head's small errors, a constant hiss over "silence", round away
+        self.model.dmel.dequantize_(lev, mel)

@@ -2,6 +2,11 @@
 
 ``TemplateRecognizer`` (default) finds word-like segments by energy and matches each one against
 the vocabulary rendered in the fixed model voice, by dynamic time warping over log-mel features.
+Every word has two templates: the clean rendering and the same rendering through the model's audio
+path (16-level dMel, then streaming Griffin-Lim: the best a model can produce). Clean templates alone
+reject even perfectly reproduced targets (measured: DTW distance 7.6-10.3 for all 43 words against a
+threshold of 7, while noise and scrambled speech score >= 8.2); with both, reproduced words score
+4.4-4.8 and are all recognised, and the negatives stay above 8.
 It never sees the model's text channel, so the speech score checks that the model really *said* it.
 ``SphinxRecognizer`` runs pocketsphinx with a grammar of the same vocabulary; on espeak-ng speech
 it is much less accurate (about half the words on our vocabulary), so it is optional.
@@ -92,23 +97,62 @@ def _normalise(feats: np.ndarray) -> np.ndarray:
     return feats - feats.mean(axis=0, keepdims=True)
 
 
+def through_model_codec(pcm: np.ndarray, codec_preset: str) -> np.ndarray:
+    """``pcm`` as a model of ``codec_preset`` would reproduce it at best: dMel levels, Griffin-Lim."""
+    import torch
+
+    from microturn.model import preset
+    from microturn.model.dmel import DMel
+    from microturn.model.vocoder import GriffinLim
+
+    cfg = preset(codec_preset)
+    n = -(-len(pcm) // cfg.samples_per_chunk) * cfg.samples_per_chunk
+    padded = np.zeros(n, np.int16)
+    padded[: len(pcm)] = pcm
+    with torch.no_grad():
+        dmel = DMel(cfg)
+        mel = dmel.dequantize(dmel.levels(torch.from_numpy(padded)[None]))
+        out = GriffinLim(cfg).vocode(mel)[0].mul(32767).round().clamp(-32768, 32767)
+    return out.to(torch.int16).numpy()[: len(pcm)]
+
+
+def _longest_segment(pcm: np.ndarray) -> np.ndarray:
+    spans = segments(pcm)
+    a, b = max(spans, key=lambda s: s[1] - s[0]) if spans else (0, len(pcm))
+    return pcm[a:b]
+
+
 @dataclass
 class TemplateRecognizer:
-    """DTW word matcher for the model voice over a closed vocabulary."""
+    """DTW word matcher for the model voice over a closed vocabulary.
+
+    ``codec_preset``: the model preset whose audio path the second set of templates goes through
+    (None: clean templates only)."""
 
     vocab: tuple[str, ...]
     max_distance: float = 7.0
+    codec_preset: str | None = "tiny"
     name: str = "template-dtw"
 
     def __post_init__(self) -> None:
         if not self.vocab:
             raise ValueError("the recogniser needs a non-empty vocabulary")
-        self._templates = {w: _normalise(log_mel(render_word(w, MODEL_VOICE))) for w in self.vocab}
+        self._templates: list[tuple[str, np.ndarray]] = []
+        for w in self.vocab:
+            pcm = render_word(w, MODEL_VOICE)
+            self._templates.append((w, _normalise(log_mel(pcm))))
+            if self.codec_preset is not None:
+                # placed as a model word is (MODEL_ONSET_SAMPLES into a chunk), then cut out again
+                lead = np.zeros(640, np.int16)
+                coded = through_model_codec(
+                    np.concatenate([lead, pcm, np.zeros(3200, np.int16)]), self.codec_preset
+                )
+                self._templates.append((w, _normalise(log_mel(_longest_segment(coded)))))
 
     def classify(self, pcm: np.ndarray) -> tuple[str | None, float]:
         feats = _normalise(log_mel(pcm))
         best, best_d = None, np.inf
-        for word, tpl in self._templates.items():
+        for word, tpl in self._templates:
             if not 0.5 <= feats.shape[0] / tpl.shape[0] <= 2.0:
                 continue
             d = dtw_distance(feats, tpl)

@@ -21,11 +21,17 @@ class CheckpointError(ValueError):
     """A checkpoint is unreadable or does not match the model its config describes."""
 
 
-def save_checkpoint(model: InteractionModel, path: str | Path, version: str) -> Path:
+def save_checkpoint(
+    model: InteractionModel, path: str | Path, version: str, dtype: torch.dtype | None = None
+) -> Path:
+    """``dtype`` stores floating-point weights in that type (float16 halves a shipped file); loading
+    always gives the model's own float32 parameters back."""
     if not version:
         raise CheckpointError("version must be a non-empty string")
     path = Path(path)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     meta = {"format": FORMAT, "version": version, "config": json.dumps(model.cfg.to_dict())}
     save_file(state, str(path), metadata=meta)
     return path

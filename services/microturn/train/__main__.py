@@ -1,7 +1,7 @@
 """``python -m microturn.train``: train an interaction model on the gym.
 
 python -m microturn.train --preset tiny-cpu [--steps N] [--out DIR] [--resume] [--seed S]
-                          [--eval-every N] [--device cpu|cuda] [--prepare] [--ship --version V]
+                          [--eval-every N] [--device cpu|cuda] [--prepare] [--ship --version V [--ship-to PATH]]
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from microturn.model import SHIPPED_CHECKPOINT
 from microturn.train.loop import STATE_FILE, Trainer, summarize
 from microturn.train.presets import PRESETS, train_preset
 
@@ -40,6 +41,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--ship", action="store_true", help="copy the final weights to the shipped checkpoint")
     p.add_argument("--version", default=None, help="version string of the shipped checkpoint")
+    p.add_argument(
+        "--ship-to",
+        type=Path,
+        default=SHIPPED_CHECKPOINT,
+        help="where --ship writes (default: the shipped default model)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     if args.steps is not None and args.steps < 0:
@@ -85,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     trainer.save()  # also when --steps is already reached: OUT/model.safetensors matches OUT/state.pt
     if args.ship:
-        dest = trainer.ship(args.version)
+        dest = trainer.ship(args.version, args.ship_to)
         print(f"shipped {dest} (version {args.version or trainer.version()})", file=sys.stderr)
     print(f"checkpoint: {args.out / 'model.safetensors'}", file=sys.stderr)
     return 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from microturn.model import SHIPPED_CHECKPOINT, InteractionModel, preset, save_checkpoint
+from microturn.model import SHIPPED_CHECKPOINT, InteractionModel, ModelConfig, preset, save_checkpoint
 from microturn.train.data import (
     VAL_SEED_BASE,
     SessionBank,
@@ -70,6 +69,7 @@ class Trainer:
 
         self.families = list(tp.families) if tp.families else list(FAMILIES)
         self.weights = (tp.onset_weight, tp.speech_weight, tp.flow_onset_weight)
+        self.feedback = (tp.feedback_sigma, tp.feedback_replace)
         self._val: list[TrainBatch] | None = None
 
     # --- schedule and data ------------------------------------------------------------------------
@@ -114,7 +114,13 @@ class Trainer:
             group["lr"] = lr
         self.model.train()
         with self.autocast():
-            losses = compute_losses(self.model, batch, self.generator_at(self.step), self.tp.aux_weight)
+            losses = compute_losses(
+                self.model,
+                batch,
+                self.generator_at(self.step),
+                self.tp.aux_weight,
+                feedback_noise=self.feedback,
+            )
         self.opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tp.grad_clip)
@@ -141,7 +147,9 @@ class Trainer:
             g = torch.Generator(device=self.device)
             g.manual_seed(i)
             with self.autocast():
-                losses = compute_losses(self.model, b.to(self.device), g, tp.aux_weight)
+                losses = compute_losses(
+                    self.model, b.to(self.device), g, tp.aux_weight, feedback_noise=self.feedback
+                )
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v) / len(self._val)
         return sums
@@ -184,7 +192,7 @@ class Trainer:
     def load(self, path: Path | str) -> None:
         """Restore a ``state.pt`` written by ``save`` (same preset and seed)."""
         state = torch.load(path, map_location=self.device, weights_only=True)
-        if state["cfg"] != self.cfg.to_dict():
+        if ModelConfig.from_dict(state["cfg"]) != self.cfg:  # fields added since take their defaults
             raise ValueError(f"{path}: model config differs from preset {self.tp.name!r}")
         if state["seed"] != self.seed:
             raise ValueError(f"{path}: trained with seed {state['seed']}, not {self.seed} (pass --seed)")
@@ -193,11 +201,10 @@ class Trainer:
         self.step = int(state["step"])
 
     def ship(self, version: str | None = None, dest: Path = SHIPPED_CHECKPOINT) -> Path:
-        """Write the current weights as the embedded default model."""
-        path = save_checkpoint(self.model, self.out / MODEL_FILE, version or self.version())
+        """Write the current weights as an embedded model (default: the default model of ``make up``),
+        stored in float16 so a shipped version costs half the bytes in the repository."""
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, dest)
-        return dest
+        return save_checkpoint(self.model, dest, version or self.version(), dtype=torch.float16)
 
     # --- the loop ---------------------------------------------------------------------------------
     def log(self, row: dict[str, Any]) -> None:

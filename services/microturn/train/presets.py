@@ -35,6 +35,11 @@ class TrainPreset:
     speech_weight: float = 2.0  # other non-<sil> text-out tokens (the rest of each word)
     flow_onset_weight: float = 4.0
     aux_weight: float = 0.01  # MoE load-balance loss (0 for dense models)
+    # the model's own audio read back as input is corrupted (objective.corrupt_feedback): per row Gaussian
+    # noise of up to feedback_sigma levels, per micro-turn replaced by noise with feedback_replace, so the
+    # model does not learn to read *what* it says from target speech it will never produce that cleanly
+    feedback_sigma: float = 4.0
+    feedback_replace: float = 0.25
     # sinks use absolute RoPE positions: shift a fraction of batches to a random start so sessions
     # minutes long stay in distribution
     offset_prob: float = 0.5
