@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -61,6 +62,20 @@ def test_resume_continues_bit_identically(bank, tmp_path):
     other = Trainer(TP, seed=2, out=tmp_path / "c", bank=bank)
     with pytest.raises(ValueError, match="seed"):
         other.load(tmp_path / "a" / STATE_FILE)
+
+
+def test_resume_takes_the_presets_sampling_settings_but_refuses_other_shapes(bank, tmp_path):
+    a = Trainer(TP, seed=0, out=tmp_path / "a", bank=bank)
+    a.run(1, eval_every=0, quiet=True)
+    a.save()
+    greedy = Trainer(
+        dataclasses.replace(TP, model_overrides={"temperature": 0.0}), out=tmp_path / "b", bank=bank
+    )
+    greedy.load(tmp_path / "a" / STATE_FILE)
+    assert greedy.step == 1 and greedy.model.cfg.temperature == 0.0
+    wider = Trainer(dataclasses.replace(TP, model_overrides={"d_model": 48}), out=tmp_path / "c", bank=bank)
+    with pytest.raises(ValueError, match="config differs"):
+        wider.load(tmp_path / "a" / STATE_FILE)
 
 
 def test_saved_checkpoint_runs_through_the_engine(bank, tmp_path):

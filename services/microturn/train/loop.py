@@ -9,6 +9,7 @@ uninterrupted run would have taken (bit-identical on the same machine and thread
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -39,6 +40,9 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+SAMPLING_FIELDS = ("temperature", "flow_temperature")
 
 
 class Trainer:
@@ -192,7 +196,10 @@ class Trainer:
     def load(self, path: Path | str) -> None:
         """Restore a ``state.pt`` written by ``save`` (same preset and seed)."""
         state = torch.load(path, map_location=self.device, weights_only=True)
-        if ModelConfig.from_dict(state["cfg"]) != self.cfg:  # fields added since take their defaults
+        saved = ModelConfig.from_dict(state["cfg"])  # fields added since take their defaults
+        # sampling settings say how the engine draws from the weights, not what they are: the preset's win
+        saved = dataclasses.replace(saved, **{f: getattr(self.cfg, f) for f in SAMPLING_FIELDS})
+        if saved != self.cfg:
             raise ValueError(f"{path}: model config differs from preset {self.tp.name!r}")
         if state["seed"] != self.seed:
             raise ValueError(f"{path}: trained with seed {state['seed']}, not {self.seed} (pass --seed)")

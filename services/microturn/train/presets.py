@@ -61,7 +61,16 @@ class TrainPreset:
 PRESETS: dict[str, TrainPreset] = {
     # the embedded default model: ~4 M parameters on 2 CPU cores in about 2 hours (measured ~3 s/step on
     # 2 shared cores, plus ~6 min rendering the 2048 sessions once and ~15 s per engine eval)
-    "tiny-cpu": TrainPreset(name="tiny-cpu", model="tiny", steps=1800, eval_every=300, ckpt_every=300),
+    # text is sampled greedily: measured at step 600 on 4 validation sessions per family, mean gym text
+    # score 47.8 greedy vs 24.8 at temperature 1 (sampling spells a word wrong once in a while)
+    "tiny-cpu": TrainPreset(
+        name="tiny-cpu",
+        model="tiny",
+        model_overrides={"temperature": 0.0},
+        steps=1800,
+        eval_every=300,
+        ckpt_every=300,
+    ),
     # the same data and loop at GPU scale: 0.9 B-parameter MoE (0.2 B active), bf16 autocast
     "gpu-moe": TrainPreset(
         name="gpu-moe",
