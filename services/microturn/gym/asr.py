@@ -97,22 +97,27 @@ def _normalise(feats: np.ndarray) -> np.ndarray:
     return feats - feats.mean(axis=0, keepdims=True)
 
 
-def through_model_codec(pcm: np.ndarray, codec_preset: str) -> np.ndarray:
-    """``pcm`` as a model of ``codec_preset`` would reproduce it at best: dMel levels, Griffin-Lim."""
-    import torch
-
+@cache
+def _codec(codec_preset: str) -> tuple:  # (config, DMel, GriffinLim), built once per preset
     from microturn.model import preset
     from microturn.model.dmel import DMel
     from microturn.model.vocoder import GriffinLim
 
     cfg = preset(codec_preset)
+    return cfg, DMel(cfg), GriffinLim(cfg)
+
+
+def through_model_codec(pcm: np.ndarray, codec_preset: str) -> np.ndarray:
+    """``pcm`` as a model of ``codec_preset`` would reproduce it at best: dMel levels, Griffin-Lim."""
+    import torch
+
+    cfg, dmel, vocoder = _codec(codec_preset)
     n = -(-len(pcm) // cfg.samples_per_chunk) * cfg.samples_per_chunk
     padded = np.zeros(n, np.int16)
     padded[: len(pcm)] = pcm
     with torch.no_grad():
-        dmel = DMel(cfg)
         mel = dmel.dequantize(dmel.levels(torch.from_numpy(padded)[None]))
-        out = GriffinLim(cfg).vocode(mel)[0].mul(32767).round().clamp(-32768, 32767)
+        out = vocoder.vocode(mel)[0].mul(32767).round().clamp(-32768, 32767)
     return out.to(torch.int16).numpy()[: len(pcm)]
 
 

@@ -104,6 +104,21 @@ class InteractionModel(nn.Module):
         return torch.cat([self.sinks.expand(b, -1, -1), x.reshape(b, n * lay.turn_len, -1)], dim=1)
 
     # --- full forward ----------------------------------------------------------------------------
+    def heads(
+        self, x: Tensor, pos: Tensor, window_turns: int | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Embedded sequence ``x`` at positions ``pos`` (the engine's sliding-window + sink mask) ->
+        (hidden, text logits [B, n, n_text_out, V], flow conditions [B, n, n_audio_out, d], MoE aux).
+        Shared by ``forward`` and the training objective (which shifts positions)."""
+        cfg, lay = self.cfg, self.layout
+        w = cfg.window_turns if window_turns is None else window_turns
+        hidden, aux = self.transformer(x, pos, window_sink_mask(pos, cfg.n_sinks, w * lay.turn_len))
+        b = x.shape[0]
+        turns = hidden[:, cfg.n_sinks :].view(b, -1, lay.turn_len, hidden.shape[-1])
+        text_h = turns[:, :, lay.out_marker : lay.out_marker + lay.n_text_out]
+        cond = turns[:, :, lay.audio_out - 1 : lay.audio_out - 1 + lay.n_audio_out]
+        return hidden, self.lm_head(text_h), cond, aux
+
     def forward(
         self,
         batch: TurnBatch,
@@ -113,18 +128,10 @@ class InteractionModel(nn.Module):
         with_losses: bool = True,
         aux_weight: float = 0.01,
     ) -> ModelOutput:
-        cfg, lay = self.cfg, self.layout
+        cfg = self.cfg
         x = self.embed(batch)
-        b, s, _ = x.shape
-        n = batch.n_turns
-        pos = torch.arange(s, device=x.device)
-        w = cfg.window_turns if window_turns is None else window_turns
-        mask = window_sink_mask(pos, cfg.n_sinks, w * lay.turn_len)
-        hidden, aux = self.transformer(x, pos, mask)
-        turns = hidden[:, cfg.n_sinks :].view(b, n, lay.turn_len, -1)
-        text_h = turns[:, :, lay.out_marker : lay.out_marker + lay.n_text_out]
-        cond = turns[:, :, lay.audio_out - 1 : lay.audio_out - 1 + lay.n_audio_out]
-        logits = self.lm_head(text_h)
+        pos = torch.arange(x.shape[1], device=x.device)
+        hidden, logits, cond, aux = self.heads(x, pos, window_turns)
         out = ModelOutput(hidden=hidden, text_logits=logits, flow_cond=cond)
         if with_losses:
             text_ce = F.cross_entropy(logits.reshape(-1, tk.VOCAB_SIZE), batch.text_out.reshape(-1))

@@ -17,7 +17,6 @@ from torch import Tensor
 
 from microturn.model import InteractionModel
 from microturn.model import tokens as tk
-from microturn.model.transformer import window_sink_mask
 from microturn.train.data import TrainBatch
 
 
@@ -73,13 +72,8 @@ def compute_losses(
     x = model.embed(tb if fed is tb.audio_out else dataclasses.replace(tb, audio_out=fed))
     b, n = tb.text_out.shape[:2]
     pos = positions(model, n, batch.pos_offset, x.device)
-    w = cfg.window_turns if window_turns is None else window_turns
-    mask = window_sink_mask(pos, cfg.n_sinks, w * lay.turn_len)
-    hidden, aux = model.transformer(x, pos, mask)
-    turns = hidden[:, cfg.n_sinks :].view(b, n, lay.turn_len, -1)
-    text_h = turns[:, :, lay.out_marker : lay.out_marker + lay.n_text_out]
-    cond = turns[:, :, lay.audio_out - 1 : lay.audio_out - 1 + lay.n_audio_out]
-    logits = model.lm_head(text_h).float()
+    _, logits, cond, aux = model.heads(x, pos, window_turns)
+    logits = logits.float()
     ce = F.cross_entropy(logits.reshape(-1, tk.VOCAB_SIZE), tb.text_out.reshape(-1), reduction="none")
     text_ce = weighted_mean(ce, batch.text_weight.reshape(-1))
     # flow matching, as FlowHead.loss (same draws from the generator) but per row, then weighted
