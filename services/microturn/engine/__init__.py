@@ -9,6 +9,7 @@ from microturn.engine.types import (
     EngineEvent,
     EngineFullError,
     InvalidChunkError,
+    ResumePoint,
     SpeakingChanged,
     UnknownSessionError,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "EngineEvent",
     "EngineFullError",
     "InvalidChunkError",
+    "ResumePoint",
     "SpeakingChanged",
     "UnknownSessionError",
     "step_seed",

@@ -9,6 +9,7 @@ row's computation reads only its own slot, so neither batch composition nor repl
 from __future__ import annotations
 
 import codecs
+import itertools
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from microturn.engine.types import (
     EngineEvent,
     EngineFullError,
     InvalidChunkError,
+    ResumePoint,
     SpeakingChanged,
     UnknownSessionError,
 )
@@ -55,6 +57,7 @@ class SessionState:
     in_delegation: bool = False
     delegation: bytearray = field(default_factory=bytearray)
     speaking: bool = False
+    resuming: bool = False  # being rebuilt by resume_steps: no live step yet
     decoder: codecs.IncrementalDecoder = field(
         default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace")
     )
@@ -112,6 +115,8 @@ class Engine:
             + [lay.audio_out + j for j in range(lay.n_audio_out - 1)],
             dtype=np.int64,
         )
+        # a forced turn is one block: the previous turn's last audio-out token, then the whole turn
+        self._rel_forced = np.arange(lay.turn_len - 1, dtype=np.int64)
         self._h_off = np.arange(self.ex.nkv, dtype=np.int64) * self.ex.ctx
 
     # ---- properties -------------------------------------------------------------------------------
@@ -184,6 +189,10 @@ class Engine:
             raise UnknownSessionError(f"unknown session {session_id!r}")
         return s
 
+    def text_room(self, session_id: str) -> int:
+        """Text-in tokens the session's queue can still take (its limit minus what is queued)."""
+        return self.text_queue_limit - len(self._get(session_id).queue)
+
     # ---- validation -------------------------------------------------------------------------------
     def validate(self, chunk: ChunkInput) -> None:
         """Raise InvalidChunkError naming the field and limit; never touches the slot."""
@@ -237,64 +246,113 @@ class Engine:
 
     # ---- the tick ---------------------------------------------------------------------------------
     def step(self, inputs: Sequence[ChunkInput]) -> list[ChunkOutput]:
-        if not inputs:
-            return []
+        """One live micro-turn for every input's session; any invalid input fails the whole step
+        (nothing is touched). ``step_isolated`` is the per-session variant a server uses."""
+        sess = self._check_batch(inputs)
+        for c in inputs:
+            self.validate(c)
+        return self._step(inputs, sess)
+
+    def step_isolated(self, inputs: Sequence[ChunkInput]) -> list[ChunkOutput | EngineError]:
+        """One live micro-turn where each session fares on its own: an input that fails validation gets
+        its error in its place and the others run; if the batched computation itself fails, each session
+        is retried alone, so only the one that fails alone gets the error."""
+        results: list[ChunkOutput | EngineError | None] = [None] * len(inputs)
+        ok: list[int] = []
+        seen: set[str] = set()
+        for i, c in enumerate(inputs):
+            try:
+                if c.session_id in seen:
+                    raise InvalidChunkError(f"session_id: {c.session_id!r} appears twice in one step")
+                self._check_batch([c])
+                self.validate(c)
+                seen.add(c.session_id)
+                ok.append(i)
+            except EngineError as e:
+                results[i] = e
+        if ok:
+            try:
+                outs = self._step([inputs[i] for i in ok], self._check_batch([inputs[i] for i in ok]))
+                for i, o in zip(ok, outs, strict=True):
+                    results[i] = o
+            except Exception:
+                if len(ok) == 1:
+                    results[ok[0]] = EngineError("the engine step failed for this session")
+                else:
+                    for i in ok:
+                        results[i] = self.step_isolated([inputs[i]])[0]
+        return [r for r in results if r is not None]
+
+    def _check_batch(self, inputs: Sequence[ChunkInput]) -> list[SessionState]:
         seen: set[str] = set()
         sess: list[SessionState] = []
         for c in inputs:
             s = self._get(c.session_id)
             if c.session_id in seen:
                 raise InvalidChunkError(f"session_id: {c.session_id!r} appears twice in one step")
+            if s.resuming:
+                raise EngineError(f"session {c.session_id!r} is still being rebuilt (resume_end first)")
             seen.add(c.session_id)
-            self.validate(c)
             sess.append(s)
-        ex, lay, cfg = self.ex, self.layout, self.cfg
+        return sess
+
+    def _stage(
+        self, inputs: Sequence[ChunkInput], sess: list[SessionState], forced: Sequence[ResumePoint] | None
+    ) -> tuple[int, int, int, list[tuple[int, int]], list[list[int]]]:
+        """Fill the executor's staging arrays for one step; touches no session state. Returns the slot
+        range (lo, rows), the number of sessions, their (row, sampling seed) and the text-in tokens each
+        live session takes from its queue (committed only once the step succeeded)."""
+        ex, lay = self.ex, self.layout
         slots = np.array([s.slot for s in sess], dtype=np.int64)
         lo = int(slots.min())
         rows = int(slots.max()) - lo + 1
-        P, S, T, ring, nkv, ctx, trash = ex.P, ex.S, ex.T, ex.ring, ex.nkv, ex.ctx, ex.trash
-
-        # stage inputs
+        S, T, ring, nkv, ctx, trash = ex.S, ex.T, ex.ring, ex.nkv, ex.ctx, ex.trash
         ex.h_has_video[:rows] = False
         ex.h_text[:rows] = tk.PAD
         part = np.zeros(rows, dtype=bool)
         base = np.zeros(rows, dtype=np.int64)
         pend = np.full(rows, -1, dtype=np.int64)
         seeds: list[tuple[int, int]] = []
-        for c, s in zip(inputs, sess, strict=True):
+        taken: list[list[int]] = []
+        for i, (c, s) in enumerate(zip(inputs, sess, strict=True)):
             r = s.slot - lo
             part[r] = True
             np.copyto(ex.h_pcm[r], c.pcm)
             if c.video is not None and c.video.shape[0] > 0:
                 np.copyto(ex.h_video[r], c.video[-1])
                 ex.h_has_video[r] = True
-            for t in c.text:
-                s.queue.extend(tk.encode_text(t))
-            for t in c.background:
-                s.queue.extend(tk.encode_background(t))
-            for j in range(min(lay.n_text_in, len(s.queue))):
-                ex.h_text[r, j] = s.queue.popleft()
+            if forced is not None:
+                rp = forced[i]
+                ex.h_text[r] = rp.text_in_ids
+                ex.h_fids[:, r] = rp.text_out_ids
+                ex.h_flev[r] = rp.audio_out_levels
+            else:
+                new = itertools.chain(
+                    (x for t in c.text for x in tk.encode_text(t)),
+                    (x for t in c.background for x in tk.encode_background(t)),
+                )
+                take = list(itertools.islice(itertools.chain(s.queue, new), lay.n_text_in))
+                ex.h_text[r, : len(take)] = take
+                taken.append(take)
             base[r] = S + int(c.chunk_index) * T
             if s.last_index is not None:
                 pend[r] = S + (s.last_index + 1) * T - 1
             seeds.append((r, step_seed(s.seed, int(c.chunk_index))))
         # positions and write indices (holes and the missing pending token of a first chunk go to trash)
         slot_col = (lo + np.arange(rows, dtype=np.int64))[:, None]
-        pos_pre = base[:, None] + np.concatenate([[-1], self._rel_pre])[None]
+        rel = self._rel_forced if forced is not None else self._rel_pre
+        pos_pre = base[:, None] + np.concatenate([[-1], rel])[None]
         pos_pre[:, 0] = pend
-        valid_pre = np.repeat(part[:, None], P, axis=1)
+        valid_pre = np.repeat(part[:, None], pos_pre.shape[1], axis=1)
         valid_pre[:, 0] &= pend >= 0
         pos_pre[~valid_pre] = 0
-        pos_dec = (base[:, None] + self._rel_dec[None]).T.copy()  # [n_dec, rows]
-        pos_dec[:, ~part] = 0
-        for blk, pos, valid, ws in (
-            (0, pos_pre, valid_pre, np.where(valid_pre, slot_col, trash)),
-            *(
-                (1 + j, pos_dec[j][:, None], part[:, None], np.where(part, slot_col[:, 0], trash)[:, None])
-                for j in range(ex.n_dec)
-            ),
-        ):
-            del valid
+        blocks = [(ex.forced_blk if forced is not None else 0, pos_pre, np.where(valid_pre, slot_col, trash))]
+        if forced is None:
+            pos_dec = (base[:, None] + self._rel_dec[None]).T.copy()  # [n_dec, rows]
+            pos_dec[:, ~part] = 0
+            ws_dec = np.where(part, slot_col[:, 0], trash)[:, None]
+            blocks += [(1 + j, pos_dec[j][:, None], ws_dec) for j in range(ex.n_dec)]
+        for blk, pos, ws in blocks:
             ring_i = S + (pos - S) % ring
             n = pos.size
             ex.h_pos[blk, :n] = pos.reshape(-1)
@@ -303,14 +361,26 @@ class Engine:
         pr = np.nonzero(part)[0]
         ex.h_part[0, : len(pr)] = pr
         ex.h_part[1, : len(pr)] = pr + lo
+        return lo, rows, len(pr), seeds, taken
 
+    def _step(self, inputs: Sequence[ChunkInput], sess: list[SessionState]) -> list[ChunkOutput]:
+        if not inputs:
+            return []
+        ex, lay, cfg = self.ex, self.layout, self.cfg
+        lo, rows, n_part, seeds, taken = self._stage(inputs, sess, None)
         if self.record:
             ex.records = []
-        ex.run(lo, rows, len(pr), seeds)
+        ex.run(lo, rows, n_part, seeds)
 
         outputs = []
-        for c, s in zip(inputs, sess, strict=True):
+        for c, s, take in zip(inputs, sess, taken, strict=True):
             r = s.slot - lo
+            for t in c.text:
+                s.queue.extend(tk.encode_text(t))
+            for t in c.background:
+                s.queue.extend(tk.encode_background(t))
+            for _ in take:
+                s.queue.popleft()
             events: list[EngineEvent] = []
             ids = [int(ex.h_ids[j, r]) for j in range(lay.n_text_out)]
             text = self._parse_text(s, ids, events)
@@ -327,6 +397,17 @@ class Engine:
                     text=text,
                     events=events,
                     model_version=self.model_version,
+                    resume=ResumePoint(
+                        text_in_ids=[int(x) for x in ex.h_text[r]],
+                        text_out_ids=ids,
+                        audio_out_levels=ex.h_aout[r].copy(),
+                        queued_text_ids=list(s.queue),
+                        in_delegation=s.in_delegation,
+                        delegation=bytes(s.delegation),
+                        speaking=s.speaking,
+                        decoder_pending=s.decoder.getstate()[0],
+                        vocoder_tail=ex.h_tail[r].copy(),
+                    ),
                 )
             )
             if self.record and ex.records:
@@ -341,6 +422,97 @@ class Engine:
         if self.record:
             ex.records = None
         return outputs
+
+    # ---- rebuilding a session from resume points -------------------------------------------------
+    @property
+    def resume_span(self) -> int:
+        """Micro-turns a rebuild needs: the KV ring of L layers of sliding-window attention over W turns
+        depends only on the last L*W turns (each layer reaches W turns further back), plus the turn before
+        them, whose fed-back audio and audio history the first of them reads."""
+        return self.cfg.n_layers * self.cfg.window_turns + 1
+
+    def validate_resume(self, rp: ResumePoint) -> None:
+        """Raise InvalidChunkError unless ``rp`` could have come from this model (it crosses a trust
+        boundary: clients keep it and send it back)."""
+        lay, cfg = self.layout, self.cfg
+        n_lev = lay.n_audio_out * cfg.frames_per_audio_token * cfg.n_mels
+        for name, ids, n in (
+            ("text_in_ids", rp.text_in_ids, lay.n_text_in),
+            ("text_out_ids", rp.text_out_ids, lay.n_text_out),
+            ("queued_text_ids", rp.queued_text_ids, None),
+        ):
+            if (n is not None and len(ids) != n) or any(not 0 <= int(i) < tk.VOCAB_SIZE for i in ids):
+                raise InvalidChunkError(
+                    f"resume.{name}: {len(ids)} ids, need {n if n is not None else 'any number of'} "
+                    f"ids in [0, {tk.VOCAB_SIZE})"
+                )
+        if len(rp.queued_text_ids) > self.text_queue_limit:
+            raise InvalidChunkError(
+                f"resume.queued_text_ids: {len(rp.queued_text_ids)} > text queue limit {self.text_queue_limit}"
+            )
+        lev = rp.audio_out_levels
+        if lev.dtype != np.uint8 or lev.shape != (n_lev,) or int(lev.max(initial=0)) >= cfg.n_levels:
+            raise InvalidChunkError(f"resume.audio_out_levels: need {n_lev} levels in [0, {cfg.n_levels})")
+        if len(rp.delegation) > self.delegation_max_bytes or len(rp.decoder_pending) > 3:
+            raise InvalidChunkError("resume.delegation / decoder_pending: too long")
+        tail = rp.vocoder_tail
+        if tail.shape != (self.model.vocoder.tail_len,) or not np.all(np.abs(tail) <= 4.0):
+            raise InvalidChunkError(
+                f"resume.vocoder_tail: need {self.model.vocoder.tail_len} finite samples in [-4, 4]"
+            )
+
+    def resume_begin(self, session_id: str, seed: int) -> None:
+        """Open a slot for a session that ``resume_steps`` will rebuild (it takes no live step until
+        ``resume_end``); any open session of that id is replaced."""
+        if session_id in self.sessions:
+            self.close(session_id)
+        self.open(session_id, seed)
+        self.sessions[session_id].resuming = True
+
+    def resume_steps(self, items: Sequence[tuple[ChunkInput, ResumePoint]]) -> None:
+        """One teacher-forced micro-turn for each of several rebuilding sessions (one item each)."""
+        if not items:
+            return
+        sess: list[SessionState] = []
+        for c, rp in items:
+            s = self._get(c.session_id)
+            if not s.resuming or c.session_id in {x.session_id for x in sess}:
+                raise EngineError(f"session {c.session_id!r} is not being rebuilt, or appears twice")
+            self.validate(c)
+            self.validate_resume(rp)
+            sess.append(s)
+        inputs = [c for c, _ in items]
+        lo, rows, n_part, _, _ = self._stage(inputs, sess, [rp for _, rp in items])
+        self.ex.run_forced(lo, rows, n_part)
+        for c, s in zip(inputs, sess, strict=True):
+            s.last_index = int(c.chunk_index)
+
+    def resume_end(self, session_id: str, last: ResumePoint) -> None:
+        """Finish a rebuild: the host state and vocoder tail the last rebuilt micro-turn ended in."""
+        s = self._get(session_id)
+        self.validate_resume(last)
+        s.queue = deque(last.queued_text_ids)
+        s.in_delegation, s.delegation = last.in_delegation, bytearray(last.delegation)
+        s.speaking = last.speaking
+        s.decoder.setstate((last.decoder_pending, 0))
+        self.ex.voc_tail[s.slot].copy_(torch.from_numpy(last.vocoder_tail))
+        s.resuming = False
+
+    def resume(self, session_id: str, seed: int, span: Sequence[tuple[ChunkInput, ResumePoint]]) -> None:
+        """Rebuild a session from its last ``resume_span`` (or fewer, from chunk 0) input chunks and the
+        resume points of their outputs; earlier items of ``span`` are skipped. The slot then continues as
+        the live one would have (within float rounding); any open session of that id is replaced."""
+        span = list(span)[-self.resume_span :]
+        if not span:
+            raise EngineError("resume needs at least one chunk")
+        self.resume_begin(session_id, seed)
+        try:
+            for item in span:
+                self.resume_steps([item])
+            self.resume_end(session_id, span[-1][1])
+        except Exception:
+            self.close(session_id)
+            raise
 
     def _parse_text(self, s: SessionState, ids: list[int], events: list[EngineEvent]) -> str:
         """Text-out tokens -> transcript text; a closed delegation span becomes an event."""

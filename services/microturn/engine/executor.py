@@ -11,6 +11,11 @@ Rows and slots: a step covers the contiguous slot range ``[lo, lo + rows)`` that
 ``lo + r``. Rows whose slot is not in the step ("holes") are computed on dummy input and discarded: their
 KV writes go to a spare trash slot and their small state is never committed. Attention then reads each
 row's own KV as a plain view of the cache range, so no KV is ever copied or gathered.
+
+Two kinds of step share the buffers: ``run`` (a live micro-turn: prefill, then one forward per output
+token, sampling as it goes) and ``run_forced`` (rebuilding a session: every token of the micro-turn is
+known — what the model fed back to itself travels with the output chunk — so the whole turn is one
+forward and nothing is sampled or vocoded).
 """
 
 from __future__ import annotations
@@ -49,7 +54,9 @@ class Executor:
         self.moe_gather_max_tokens = max(1, e_k) if moe_gather_max_tokens is None else moe_gather_max_tokens
         self.S, self.T, self.P = cfg.n_sinks, lay.turn_len, lay.n_prefill
         self.window = cfg.window_turns * self.T
-        self.ring = self.window + self.P  # a prefill writes P entries before its first query reads
+        # a block writes its entries before its first query reads: P for a live prefill, T for a forced turn
+        self.block = max(self.P, self.T)
+        self.ring = self.window + self.block
         self.ctx = self.S + self.ring
         self.n_dec = lay.n_text_out + lay.n_audio_out - 1
         self.L, self.nkv, self.H, self.hd = cfg.n_layers, cfg.n_kv_heads, cfg.n_heads, cfg.head_dim
@@ -84,14 +91,22 @@ class Executor:
         self.h_video, self.t_video, self.d_video = host((B, fs, fs, 3), torch.uint8)
         self.h_has_video, self.t_has_video, self.d_has_video = host((B,), torch.bool)
         self.h_text, self.t_text, self.d_text = host((B, lay.n_text_in), torch.long)
-        # positions and write indices: prefill block then one block per decode forward
-        self.h_pos, self.t_pos, self.d_pos = host((1 + self.n_dec, B * P), torch.long)
-        self.h_kvidx, self.t_kvidx, self.d_kvidx = host((1 + self.n_dec, B * P * self.nkv), torch.long)
-        self.h_rpidx, self.t_rpidx, self.d_rpidx = host((1 + self.n_dec, B * P), torch.long)
+        # positions and write indices: prefill block, one block per decode forward, the forced-turn block
+        nblk, NB = 2 + self.n_dec, B * self.block
+        self.forced_blk = nblk - 1
+        self.h_pos, self.t_pos, self.d_pos = host((nblk, NB), torch.long)
+        self.h_kvidx, self.t_kvidx, self.d_kvidx = host((nblk, NB * self.nkv), torch.long)
+        self.h_rpidx, self.t_rpidx, self.d_rpidx = host((nblk, NB), torch.long)
         self.h_part, self.t_part, self.d_part = host((2, B), torch.long)  # rows, slots of the step's sessions
         self.h_ids, self.t_ids, self.d_ids = host((lay.n_text_out, B), torch.long)
         self.h_pcm_out, self.t_pcm_out, self.d_pcm_out = host((B, spc), torch.int16)
         self.h_energy, self.t_energy, self.d_energy = host((B,), torch.float32)
+        # what a live step fed back (for the output's resume state) and what a forced step must feed
+        n_lev = lay.n_audio_out * cfg.frames_per_audio_token * cfg.n_mels
+        self.h_aout, self.t_aout, self.d_aout = host((B, n_lev), torch.uint8)
+        self.h_tail, self.t_tail, self.d_tail = host((B, model.vocoder.tail_len), torch.float32)
+        self.h_fids, self.t_fids, self.d_fids = host((lay.n_text_out, B), torch.long)
+        self.h_flev, self.t_flev, self.d_flev = host((B, n_lev), torch.long)
 
         # ---- constants ----
         c = lambda v, dt=torch.float32: torch.tensor(v, dtype=dt, device=dev)  # noqa: E731
@@ -129,7 +144,7 @@ class Executor:
         self.c_dt = 1.0 / cfg.flow_steps
 
         # ---- flat work buffers ----
-        N = B * P
+        N = B * self.block
         ff = cfg.d_ff if cfg.n_experts == 0 else cfg.d_ff_expert
         E, K = max(cfg.n_experts, 1), cfg.top_k
         hh = self.hd // 2
@@ -346,13 +361,58 @@ class Executor:
         tmp = self.lb("commit", n_part, cfg.frames_per_audio_token, cfg.n_mels)
         torch.index_select(aout[:, lay.n_audio_out - 1], 0, rows_i, out=tmp)
         self.pending.index_copy_(0, slots_i, tmp)
+        self.d_aout[:Bw].copy_(aout.view(Bw, -1))
+        self.d_tail[:Bw].copy_(tail)
         if self.device.type != "cpu":
             for h, d_ in (
                 (self.t_ids, self.d_ids),
                 (self.t_pcm_out, self.d_pcm_out),
                 (self.t_energy, self.d_energy),
+                (self.t_aout, self.d_aout),
+                (self.t_tail, self.d_tail),
             ):
                 h.copy_(d_)
+
+    @torch.no_grad()
+    def run_forced(self, lo: int, rows: int, n_part: int) -> None:
+        """Rebuild one micro-turn of rows ``[0, rows)`` whose every token is known: the input chunk plus
+        the staged text-in ids (``h_text``), text-out ids (``h_fids``) and audio-out levels (``h_flev``)
+        the model produced when it ran live. One forward over the whole turn writes its KV; the audio
+        history and the fed-back audio token are committed; the vocoder tail is not (the caller restores
+        it from the last rebuilt turn)."""
+        cfg, lay = self.cfg, self.lay
+        Bw, P, T, d = rows, self.P, self.T, cfg.d_model
+        if self.device.type != "cpu":
+            for h, d_ in (
+                (self.t_pcm, self.d_pcm),
+                (self.t_video, self.d_video),
+                (self.t_has_video, self.d_has_video),
+                (self.t_text, self.d_text),
+                (self.t_pos, self.d_pos),
+                (self.t_kvidx, self.d_kvidx),
+                (self.t_rpidx, self.d_rpidx),
+                (self.t_part, self.d_part),
+                (self.t_fids, self.d_fids),
+                (self.t_flev, self.d_flev),
+            ):
+                d_.copy_(h, non_blocking=True)
+        x = self.b("x", Bw, T, d)
+        self._embed_prefill(lo, Bw, x[:, :P])
+        tmp = self.b("embtmp", Bw, d)
+        nt = lay.n_text_out
+        for j in range(nt):
+            torch.index_select(self.model.tok_emb.weight, 0, self.d_fids[j, :Bw], out=tmp)
+            torch.add(tmp, self.dec_offset[j], out=x[:, P + j])
+        lev = self.d_flev[:Bw].view(Bw, lay.n_audio_out, cfg.frames_per_audio_token * cfg.n_mels)
+        for j in range(lay.n_audio_out - 1):
+            self._embed_audio_out(lev[:, j], Bw, tmp)
+            torch.add(tmp, self.dec_offset[nt + j], out=x[:, P + nt + j])
+        self._forward(lo, Bw, T, self.forced_blk, moe_gather=False)
+        rows_i, slots_i = self.d_part[0, :n_part], self.d_part[1, :n_part]
+        self._commit(self.audio_hist, self.b("hist_rows", Bw, self.audio_hist.shape[1]), rows_i, slots_i)
+        last = self.lb("commit", n_part, cfg.frames_per_audio_token * cfg.n_mels)
+        torch.index_select(lev[:, lay.n_audio_out - 1], 0, rows_i, out=last)
+        self.pending.view(self.num_slots, -1).index_copy_(0, slots_i, last)
 
     def _commit(self, state: Tensor, rows_buf: Tensor, rows_i: Tensor, slots_i: Tensor) -> None:
         n = rows_i.shape[0]

@@ -77,16 +77,18 @@ class SessionLimits(_message.Message):
     def __init__(self, chunk_ms: _Optional[int] = ..., sample_rate_hz: _Optional[int] = ..., max_video_frames_per_chunk: _Optional[int] = ..., video_width: _Optional[int] = ..., video_height: _Optional[int] = ..., max_text_bytes_per_chunk: _Optional[int] = ...) -> None: ...
 
 class SessionAccepted(_message.Message):
-    __slots__ = ("session_id", "replica_id", "model_version", "limits")
+    __slots__ = ("session_id", "replica_id", "model_version", "limits", "resume_span_chunks")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_SPAN_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     replica_id: str
     model_version: str
     limits: SessionLimits
-    def __init__(self, session_id: _Optional[str] = ..., replica_id: _Optional[str] = ..., model_version: _Optional[str] = ..., limits: _Optional[_Union[SessionLimits, _Mapping]] = ...) -> None: ...
+    resume_span_chunks: int
+    def __init__(self, session_id: _Optional[str] = ..., replica_id: _Optional[str] = ..., model_version: _Optional[str] = ..., limits: _Optional[_Union[SessionLimits, _Mapping]] = ..., resume_span_chunks: _Optional[int] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "session_id", "chunk_index", "retryable", "retry_after_ms")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from microturn.v1 import chunk_pb2 as microturn_dot_v1_dot_chunk__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18microturn/v1/media.proto\x12\x0cmicroturn.v1\x1a\x18microturn/v1/chunk.proto\"G\n\x08\x41udioPcm\x12\x16\n\x0esample_rate_hz\x18\x01 \x01(\r\x12\x10\n\x08\x63hannels\x18\x02 \x01(\r\x12\x11\n\tpcm_s16le\x18\x03 \x01(\x0c\"}\n\nVideoFrame\x12\x17\n\x0f\x63\x61pture_unix_ms\x18\x01 \x01(\x03\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12)\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x19.microturn.v1.PixelFormat\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"s\n\tTextInput\x12\x0c\n\x04text\x18\x01 \x01(\t\x12(\n\x06source\x18\x02 \x01(\x0e\x32\x18.microturn.v1.TextSource\x12\x17\n\x0f\x63reated_unix_ms\x18\x03 \x01(\x03\x12\x15\n\rdelegation_id\x18\x04 \x01(\t\"\xae\x01\n\nInputChunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.microturn.v1.ChunkHeader\x12%\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x16.microturn.v1.AudioPcm\x12\'\n\x05video\x18\x03 \x03(\x0b\x32\x18.microturn.v1.VideoFrame\x12%\n\x04text\x18\x04 \x03(\x0b\x32\x17.microturn.v1.TextInput\"\x97\x01\n\x06UiCard\x12\x0f\n\x07\x63\x61rd_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\x12\x30\n\x06\x66ields\x18\x04 \x03(\x0b\x32 .microturn.v1.UiCard.FieldsEntry\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x10\x44\x65legationOpened\x12\x15\n\rdelegation_id\x18\x01 \x01(\t\x12\x0f\n\x07request\x18\x02 \x01(\t\"L\n\x18\x42\x61\x63kgroundUpdateConsumed\x12\x15\n\rdelegation_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0c\n\x04text\x18\x03 \x01(\t\"#\n\x0fSpeakingChanged\x12\x10\n\x08speaking\x18\x01 \x01(\x08\"\xed\x01\n\x05\x45vent\x12;\n\x11\x64\x65legation_opened\x18\x01 \x01(\x0b\x32\x1e.microturn.v1.DelegationOpenedH\x00\x12\x43\n\x11\x62\x61\x63kground_update\x18\x02 \x01(\x0b\x32&.microturn.v1.BackgroundUpdateConsumedH\x00\x12\'\n\x07ui_card\x18\x03 \x01(\x0b\x32\x14.microturn.v1.UiCardH\x00\x12\x31\n\x08speaking\x18\x04 \x01(\x0b\x32\x1d.microturn.v1.SpeakingChangedH\x00\x42\x06\n\x04kind\"\xbc\x01\n\x0bOutputChunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.microturn.v1.ChunkHeader\x12%\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x16.microturn.v1.AudioPcm\x12\x0c\n\x04text\x18\x03 \x01(\t\x12#\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x13.microturn.v1.Event\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x11\n\tengine_us\x18\x06 \x01(\r*C\n\x0bPixelFormat\x12\x1c\n\x18PIXEL_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12PIXEL_FORMAT_RGB24\x10\x01*a\n\nTextSource\x12\x1b\n\x17TEXT_SOURCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16TEXT_SOURCE_USER_TYPED\x10\x01\x12\x1a\n\x16TEXT_SOURCE_BACKGROUND\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18microturn/v1/media.proto\x12\x0cmicroturn.v1\x1a\x18microturn/v1/chunk.proto\"G\n\x08\x41udioPcm\x12\x16\n\x0esample_rate_hz\x18\x01 \x01(\r\x12\x10\n\x08\x63hannels\x18\x02 \x01(\r\x12\x11\n\tpcm_s16le\x18\x03 \x01(\x0c\"}\n\nVideoFrame\x12\x17\n\x0f\x63\x61pture_unix_ms\x18\x01 \x01(\x03\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12)\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x19.microturn.v1.PixelFormat\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"s\n\tTextInput\x12\x0c\n\x04text\x18\x01 \x01(\t\x12(\n\x06source\x18\x02 \x01(\x0e\x32\x18.microturn.v1.TextSource\x12\x17\n\x0f\x63reated_unix_ms\x18\x03 \x01(\x03\x12\x15\n\rdelegation_id\x18\x04 \x01(\t\"\xd9\x01\n\nInputChunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.microturn.v1.ChunkHeader\x12%\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x16.microturn.v1.AudioPcm\x12\'\n\x05video\x18\x03 \x03(\x0b\x32\x18.microturn.v1.VideoFrame\x12%\n\x04text\x18\x04 \x03(\x0b\x32\x17.microturn.v1.TextInput\x12)\n\x06resume\x18\x05 \x01(\x0b\x32\x19.microturn.v1.ResumeState\"\xd7\x01\n\x0bResumeState\x12\x13\n\x0btext_in_ids\x18\x01 \x03(\r\x12\x14\n\x0ctext_out_ids\x18\x02 \x03(\r\x12\x18\n\x10\x61udio_out_levels\x18\x03 \x01(\x0c\x12\x17\n\x0fqueued_text_ids\x18\x04 \x03(\r\x12\x15\n\rin_delegation\x18\x05 \x01(\x08\x12\x12\n\ndelegation\x18\x06 \x01(\x0c\x12\x10\n\x08speaking\x18\x07 \x01(\x08\x12\x17\n\x0f\x64\x65\x63oder_pending\x18\x08 \x01(\x0c\x12\x14\n\x0cvocoder_tail\x18\t \x03(\x02\"\x97\x01\n\x06UiCard\x12\x0f\n\x07\x63\x61rd_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\t\x12\x30\n\x06\x66ields\x18\x04 \x03(\x0b\x32 .microturn.v1.UiCard.FieldsEntry\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x10\x44\x65legationOpened\x12\x15\n\rdelegation_id\x18\x01 \x01(\t\x12\x0f\n\x07request\x18\x02 \x01(\t\"L\n\x18\x42\x61\x63kgroundUpdateConsumed\x12\x15\n\rdelegation_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0c\n\x04text\x18\x03 \x01(\t\"#\n\x0fSpeakingChanged\x12\x10\n\x08speaking\x18\x01 \x01(\x08\"\xed\x01\n\x05\x45vent\x12;\n\x11\x64\x65legation_opened\x18\x01 \x01(\x0b\x32\x1e.microturn.v1.DelegationOpenedH\x00\x12\x43\n\x11\x62\x61\x63kground_update\x18\x02 \x01(\x0b\x32&.microturn.v1.BackgroundUpdateConsumedH\x00\x12\'\n\x07ui_card\x18\x03 \x01(\x0b\x32\x14.microturn.v1.UiCardH\x00\x12\x31\n\x08speaking\x18\x04 \x01(\x0b\x32\x1d.microturn.v1.SpeakingChangedH\x00\x42\x06\n\x04kind\"\xe7\x01\n\x0bOutputChunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x19.microturn.v1.ChunkHeader\x12%\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x16.microturn.v1.AudioPcm\x12\x0c\n\x04text\x18\x03 \x01(\t\x12#\n\x06\x65vents\x18\x04 \x03(\x0b\x32\x13.microturn.v1.Event\x12\x15\n\rmodel_version\x18\x05 \x01(\t\x12\x11\n\tengine_us\x18\x06 \x01(\r\x12)\n\x06resume\x18\x07 \x01(\x0b\x32\x19.microturn.v1.ResumeState*C\n\x0bPixelFormat\x12\x1c\n\x18PIXEL_FORMAT_UNSPECIFIED\x10\x00\x12\x16\n\x12PIXEL_FORMAT_RGB24\x10\x01*a\n\nTextSource\x12\x1b\n\x17TEXT_SOURCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16TEXT_SOURCE_USER_TYPED\x10\x01\x12\x1a\n\x16TEXT_SOURCE_BACKGROUND\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,10 +34,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_UICARD_FIELDSENTRY']._loaded_options = None
   _globals['_UICARD_FIELDSENTRY']._serialized_options = b'8\001'
-  _globals['_PIXELFORMAT']._serialized_start=1322
-  _globals['_PIXELFORMAT']._serialized_end=1389
-  _globals['_TEXTSOURCE']._serialized_start=1391
-  _globals['_TEXTSOURCE']._serialized_end=1488
+  _globals['_PIXELFORMAT']._serialized_start=1626
+  _globals['_PIXELFORMAT']._serialized_end=1693
+  _globals['_TEXTSOURCE']._serialized_start=1695
+  _globals['_TEXTSOURCE']._serialized_end=1792
   _globals['_AUDIOPCM']._serialized_start=68
   _globals['_AUDIOPCM']._serialized_end=139
   _globals['_VIDEOFRAME']._serialized_start=141
@@ -45,19 +45,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TEXTINPUT']._serialized_start=268
   _globals['_TEXTINPUT']._serialized_end=383
   _globals['_INPUTCHUNK']._serialized_start=386
-  _globals['_INPUTCHUNK']._serialized_end=560
-  _globals['_UICARD']._serialized_start=563
-  _globals['_UICARD']._serialized_end=714
-  _globals['_UICARD_FIELDSENTRY']._serialized_start=669
-  _globals['_UICARD_FIELDSENTRY']._serialized_end=714
-  _globals['_DELEGATIONOPENED']._serialized_start=716
-  _globals['_DELEGATIONOPENED']._serialized_end=774
-  _globals['_BACKGROUNDUPDATECONSUMED']._serialized_start=776
-  _globals['_BACKGROUNDUPDATECONSUMED']._serialized_end=852
-  _globals['_SPEAKINGCHANGED']._serialized_start=854
-  _globals['_SPEAKINGCHANGED']._serialized_end=889
-  _globals['_EVENT']._serialized_start=892
-  _globals['_EVENT']._serialized_end=1129
-  _globals['_OUTPUTCHUNK']._serialized_start=1132
-  _globals['_OUTPUTCHUNK']._serialized_end=1320
+  _globals['_INPUTCHUNK']._serialized_end=603
+  _globals['_RESUMESTATE']._serialized_start=606
+  _globals['_RESUMESTATE']._serialized_end=821
+  _globals['_UICARD']._serialized_start=824
+  _globals['_UICARD']._serialized_end=975
+  _globals['_UICARD_FIELDSENTRY']._serialized_start=930
+  _globals['_UICARD_FIELDSENTRY']._serialized_end=975
+  _globals['_DELEGATIONOPENED']._serialized_start=977
+  _globals['_DELEGATIONOPENED']._serialized_end=1035
+  _globals['_BACKGROUNDUPDATECONSUMED']._serialized_start=1037
+  _globals['_BACKGROUNDUPDATECONSUMED']._serialized_end=1113
+  _globals['_SPEAKINGCHANGED']._serialized_start=1115
+  _globals['_SPEAKINGCHANGED']._serialized_end=1150
+  _globals['_EVENT']._serialized_start=1153
+  _globals['_EVENT']._serialized_end=1390
+  _globals['_OUTPUTCHUNK']._serialized_start=1393
+  _globals['_OUTPUTCHUNK']._serialized_end=1624
 # @@protoc_insertion_point(module_scope)

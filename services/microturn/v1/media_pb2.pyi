@@ -61,16 +61,40 @@ class TextInput(_message.Message):
     def __init__(self, text: _Optional[str] = ..., source: _Optional[_Union[TextSource, str]] = ..., created_unix_ms: _Optional[int] = ..., delegation_id: _Optional[str] = ...) -> None: ...
 
 class InputChunk(_message.Message):
-    __slots__ = ("header", "audio", "video", "text")
+    __slots__ = ("header", "audio", "video", "text", "resume")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     VIDEO_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
     header: _chunk_pb2.ChunkHeader
     audio: AudioPcm
     video: _containers.RepeatedCompositeFieldContainer[VideoFrame]
     text: _containers.RepeatedCompositeFieldContainer[TextInput]
-    def __init__(self, header: _Optional[_Union[_chunk_pb2.ChunkHeader, _Mapping]] = ..., audio: _Optional[_Union[AudioPcm, _Mapping]] = ..., video: _Optional[_Iterable[_Union[VideoFrame, _Mapping]]] = ..., text: _Optional[_Iterable[_Union[TextInput, _Mapping]]] = ...) -> None: ...
+    resume: ResumeState
+    def __init__(self, header: _Optional[_Union[_chunk_pb2.ChunkHeader, _Mapping]] = ..., audio: _Optional[_Union[AudioPcm, _Mapping]] = ..., video: _Optional[_Iterable[_Union[VideoFrame, _Mapping]]] = ..., text: _Optional[_Iterable[_Union[TextInput, _Mapping]]] = ..., resume: _Optional[_Union[ResumeState, _Mapping]] = ...) -> None: ...
+
+class ResumeState(_message.Message):
+    __slots__ = ("text_in_ids", "text_out_ids", "audio_out_levels", "queued_text_ids", "in_delegation", "delegation", "speaking", "decoder_pending", "vocoder_tail")
+    TEXT_IN_IDS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_OUT_IDS_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_OUT_LEVELS_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_TEXT_IDS_FIELD_NUMBER: _ClassVar[int]
+    IN_DELEGATION_FIELD_NUMBER: _ClassVar[int]
+    DELEGATION_FIELD_NUMBER: _ClassVar[int]
+    SPEAKING_FIELD_NUMBER: _ClassVar[int]
+    DECODER_PENDING_FIELD_NUMBER: _ClassVar[int]
+    VOCODER_TAIL_FIELD_NUMBER: _ClassVar[int]
+    text_in_ids: _containers.RepeatedScalarFieldContainer[int]
+    text_out_ids: _containers.RepeatedScalarFieldContainer[int]
+    audio_out_levels: bytes
+    queued_text_ids: _containers.RepeatedScalarFieldContainer[int]
+    in_delegation: bool
+    delegation: bytes
+    speaking: bool
+    decoder_pending: bytes
+    vocoder_tail: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, text_in_ids: _Optional[_Iterable[int]] = ..., text_out_ids: _Optional[_Iterable[int]] = ..., audio_out_levels: _Optional[bytes] = ..., queued_text_ids: _Optional[_Iterable[int]] = ..., in_delegation: _Optional[bool] = ..., delegation: _Optional[bytes] = ..., speaking: _Optional[bool] = ..., decoder_pending: _Optional[bytes] = ..., vocoder_tail: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class UiCard(_message.Message):
     __slots__ = ("card_id", "title", "body", "fields")
@@ -128,17 +152,19 @@ class Event(_message.Message):
     def __init__(self, delegation_opened: _Optional[_Union[DelegationOpened, _Mapping]] = ..., background_update: _Optional[_Union[BackgroundUpdateConsumed, _Mapping]] = ..., ui_card: _Optional[_Union[UiCard, _Mapping]] = ..., speaking: _Optional[_Union[SpeakingChanged, _Mapping]] = ...) -> None: ...
 
 class OutputChunk(_message.Message):
-    __slots__ = ("header", "audio", "text", "events", "model_version", "engine_us")
+    __slots__ = ("header", "audio", "text", "events", "model_version", "engine_us", "resume")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     ENGINE_US_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
     header: _chunk_pb2.ChunkHeader
     audio: AudioPcm
     text: str
     events: _containers.RepeatedCompositeFieldContainer[Event]
     model_version: str
     engine_us: int
-    def __init__(self, header: _Optional[_Union[_chunk_pb2.ChunkHeader, _Mapping]] = ..., audio: _Optional[_Union[AudioPcm, _Mapping]] = ..., text: _Optional[str] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., model_version: _Optional[str] = ..., engine_us: _Optional[int] = ...) -> None: ...
+    resume: ResumeState
+    def __init__(self, header: _Optional[_Union[_chunk_pb2.ChunkHeader, _Mapping]] = ..., audio: _Optional[_Union[AudioPcm, _Mapping]] = ..., text: _Optional[str] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., model_version: _Optional[str] = ..., engine_us: _Optional[int] = ..., resume: _Optional[_Union[ResumeState, _Mapping]] = ...) -> None: ...
