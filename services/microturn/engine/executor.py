@@ -61,7 +61,7 @@ class Executor:
         self.n_dec = lay.n_text_out + lay.n_audio_out - 1
         self.L, self.nkv, self.H, self.hd = cfg.n_layers, cfg.n_kv_heads, cfg.n_heads, cfg.head_dim
         self.group = self.H // self.nkv
-        B, P, d, dev = num_slots, self.P, cfg.d_model, device
+        B, d, dev = num_slots, cfg.d_model, device
         f32 = dict(device=dev, dtype=torch.float32)
         i64 = dict(device=dev, dtype=torch.long)
 
