@@ -3,7 +3,7 @@
 #   make test    set up and run the test suite
 #   make bench   run the benchmarks (prints tables and ratios)
 #   make eval    score models on the interaction gym; make train: train the default model
-#   make lint    ruff
+#   make lint    ruff;  make fuzz: long fuzzing of every trust boundary
 #   make protos  regenerate the Python stubs from protos/
 
 SHELL := /bin/bash
@@ -16,7 +16,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install up down test bench eval train lint protos system-deps clean
+.PHONY: install up down test bench eval train lint protos system-deps clean fuzz
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,13 @@ down: install
 
 test: install system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Long fuzzing of every trust boundary (make test runs the same targets with 60 examples each);
+# the inputs each target ran are printed and written to fuzz-report.json.
+FUZZ_EXAMPLES ?= 5000
+fuzz: install system-deps
+	MICROTURN_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) MICROTURN_FUZZ_REPORT=fuzz-report.json \
+	  $(PY) -m pytest -m fuzz -o timeout=0 -q $(PYTEST_ARGS)
 
 bench: install
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

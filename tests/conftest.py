@@ -14,3 +14,6 @@ def nats_server(tmp_path) -> Iterator[NatsServer]:
     """A real nats-server with JetStream (file storage under tmp_path)."""
     with NatsServer(store_dir=tmp_path / "nats") as server:
         yield server
+
+
+from .fuzzing import tally  # noqa: E402, F401  (the fuzz targets' shared fixture)

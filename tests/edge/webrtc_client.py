@@ -76,6 +76,7 @@ class EdgeClient:
         self.http = httpx.AsyncClient(base_url=base_url, timeout=20)
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.events: list[dict] = []
+        self.event_times: list[float] = []  # time.monotonic() each event arrived
         self.audio_frames: list[av.AudioFrame] = []
         self.video = video
         self.session_id = ""
@@ -92,7 +93,7 @@ class EdgeClient:
         info = r.json()
         self.session_id, self.token = info["session_id"], info["token"]
         self.channel = self.pc.createDataChannel("events")
-        self.channel.on("message", lambda m: self.events.append(json.loads(m)))
+        self.channel.on("message", self._on_event)
         self.pc.addTrack(ToneTrack())
         if self.video:
             self.pc.addTrack(PatternTrack())
@@ -105,6 +106,18 @@ class EdgeClient:
         )
         r.raise_for_status()
         await self.pc.setRemoteDescription(RTCSessionDescription(**r.json()))
+
+    def _on_event(self, message: str) -> None:
+        self.events.append(json.loads(message))
+        self.event_times.append(time.monotonic())
+
+    def chunk_arrivals(self) -> list[tuple[int, float]]:
+        """(output chunk index, arrival time) of every chunk event so far."""
+        return [
+            (e["chunk"], t)
+            for e, t in zip(self.events, self.event_times, strict=True)
+            if e["type"] == "chunk"
+        ]
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":

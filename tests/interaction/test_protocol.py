@@ -58,45 +58,51 @@ async def test_concurrent_sessions_share_ticks(core_server):
 
 
 async def test_bad_chunks_get_typed_errors_and_the_session_goes_on(core_server):
+    """Each bad chunk gets a typed error and the model hears silence in its place, so every micro-turn
+    still has its output; a gap skips micro-turns; a duplicate is dropped."""
     _core, channel = core_server
     t0 = session_origin()
     sess = new_session(channel, "s-bad", t0)
     await sess.open()
     call = sess._call
 
-    async def raw(chunk):
+    async def raw(chunk) -> tuple[interaction_pb2.Error, list]:
+        """Send one chunk; the messages up to and including its output (or its error, if dropped)."""
         await call.write(interaction_pb2.ClientMessage(chunk=chunk))
-        return (await asyncio.wait_for(call.read(), 10)).error
+        msgs = []
+        while True:
+            msg = await asyncio.wait_for(call.read(), 10)
+            msgs.append(msg)
+            if msg.WhichOneof("kind") == "chunk" or "dropped" in msg.error.message:
+                return msgs[0].error, [m.chunk for m in msgs if m.WhichOneof("kind") == "chunk"]
 
     c = chunk_for("s-bad", 0, t0)
     c.audio.sample_rate_hz = 48000
-    err = await raw(c)
-    assert err.code == Code.ERROR_CODE_INVALID_CHUNK and "16000 Hz mono" in err.message and not err.retryable
-
-    c = chunk_for("s-bad", 0, t0)
+    bad = [c]
+    c = chunk_for("s-bad", 1, t0)
     c.audio.pcm_s16le = c.audio.pcm_s16le * 50  # 10 s of audio in one chunk
-    err = await raw(c)
-    assert err.code == Code.ERROR_CODE_INVALID_CHUNK and "320000 bytes" in err.message
+    bad.append(c)
+    c = chunk_for("s-bad", 2, t0)
+    c.video.add(width=64, height=64, data=bytes(64 * 64 * 3))
+    bad.append(c)
+    bad.append(chunk_for("s-bad", 3, t0, typed=["x" * 5000]))
+    expect = ["16000 Hz mono", "320000 bytes", "80x80", "typed text"]
+    for k, (c, what) in enumerate(zip(bad, expect, strict=True)):
+        err, outs = await raw(c)
+        assert err.code == Code.ERROR_CODE_INVALID_CHUNK and what in err.message and not err.retryable
+        assert "silence" in err.message and err.chunk_index == k
+        assert [o.header.chunk_index for o in outs] == [k]
+        assert outs[0].audio.pcm_s16le and outs[0].HasField("resume")
 
-    c = chunk_for("s-bad", 0, t0)
-    f = c.video.add(width=64, height=64, data=bytes(64 * 64 * 3))
-    err = await raw(c)
-    assert err.code == Code.ERROR_CODE_INVALID_CHUNK and "80x80" in err.message
-    del f
-
-    c = chunk_for("s-bad", 0, t0, typed=["x" * 5000])
-    err = await raw(c)
-    assert err.code == Code.ERROR_CODE_INVALID_CHUNK and "typed text" in err.message
-
-    err = await raw(chunk_for("s-bad", 3, t0))
-    assert err.code == Code.ERROR_CODE_OUT_OF_ORDER and "gap" in err.message and err.chunk_index == 3
-
-    # after all that, chunk 0 is still the next one and is answered normally
-    sess.next_index = 0
-    outs = await run_chunks(sess, 2)
-    assert [o.header.chunk_index for o in outs] == [0, 1]
-    err = await raw(chunk_for("s-bad", 1, t0))
-    assert err.code == Code.ERROR_CODE_OUT_OF_ORDER and "duplicate" in err.message
+    err, outs = await raw(chunk_for("s-bad", 6, t0))
+    assert err.code == Code.ERROR_CODE_OUT_OF_ORDER and "gap" in err.message and err.chunk_index == 6
+    assert "4..5 are skipped" in err.message and [o.header.chunk_index for o in outs] == [6]
+    err, outs = await raw(chunk_for("s-bad", 6, t0))
+    assert err.code == Code.ERROR_CODE_OUT_OF_ORDER and "duplicate" in err.message and outs == []
+    # and the session goes on normally
+    sess.next_index = 7
+    outs = await run_chunks(sess, 2, start=7)
+    assert [o.header.chunk_index for o in outs] == [7, 8]
     await sess.close()
 
 

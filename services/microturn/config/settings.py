@@ -96,7 +96,17 @@ class InteractionSettings(_Section):
     tick_grace_ms: int = Field(30, ge=0, le=150, description="wait after each boundary for late chunks")
     session_slots: int = Field(32, ge=1, le=4096)
     max_pending_chunks: int = Field(
-        10, ge=1, le=1000, description="chunks a session may queue ahead of its ticks"
+        10, ge=1, le=1000, description="chunks whose media has not ended a session may queue (a sender ahead of real time)"
+    )
+    max_backlog_chunks: int = Field(
+        300,
+        ge=1,
+        le=100_000,
+        description="chunks whose media already ended (resent after a recovery) a session may queue for catch-up; "
+        "above it the oldest are dropped, each with a DROPPED error",
+    )
+    spare_work_guard_ms: int = Field(
+        30, ge=0, le=500, description="rebuild/catch-up work between ticks stops this long before the next tick"
     )
     detach_timeout_s: float = Field(
         30.0, ge=0, le=3600, description="keep a session whose stream dropped this long for a reconnect"
@@ -146,6 +156,19 @@ class EdgeSettings(_Section):
     idle_timeout_s: float = Field(30.0, gt=0, le=3600, description="reap a session with no media this long")
     max_sdp_bytes: int = Field(32_768, ge=1024, le=1 << 20)
     max_datachannel_bytes: int = Field(4096, ge=64, le=1 << 20)
+    max_json_depth: int = Field(
+        8,
+        ge=2,
+        le=64,
+        description="nesting depth of JSON accepted in offer bodies and data-channel messages "
+        "(both are flat objects; the parser recurses per level, so deep input is refused first)",
+    )
+    client_error_log_interval_s: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="log at most one line per client error code this often (all are counted)",
+    )
     video_every_n: int = Field(
         6, ge=1, le=300, description="keep every Nth camera frame (30 fps / 6 = 5 fps)"
     )
@@ -196,6 +219,20 @@ class BusSettings(_Section):
     shutdown_grace_s: float = Field(
         10.0, ge=0, le=600, description="let in-flight work finish this long on SIGTERM"
     )
+    max_update_text_bytes: int = Field(
+        2048,
+        ge=64,
+        le=1 << 20,
+        description="a background update's text is cut to this many UTF-8 bytes before it reaches the "
+        "model (keep it well under the engine's text-in queue of 4096 tokens)",
+    )
+    max_defer_s: float = Field(
+        3600.0, gt=0, le=86_400, description="longest redelivery delay a deferred message is given at once"
+    )
+    reject_log_burst: int = Field(
+        5, ge=1, le=10_000, description="log lines per refusal code and period; the rest are only counted"
+    )
+    reject_log_period_s: float = Field(10.0, gt=0, le=3600, description="period of reject_log_burst")
 
 
 class BackgroundSettings(_Section):
@@ -210,6 +247,9 @@ class BackgroundSettings(_Section):
     max_context_utterances: int = Field(32, ge=0, le=1024)
     max_context_chars: int = Field(16_000, ge=256, le=1_000_000)
     max_answer_chars: int = Field(4000, ge=16, le=1_000_000)
+    max_request_chars: int = Field(
+        4000, ge=16, le=1_000_000, description="a longer delegated request is refused (UNSUPPORTED)"
+    )
     search_min_score: float = Field(0.3, ge=-1, le=1, description="planner: weaker search hits are no answer")
     openai_base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible API root (…/v1)")
     openai_model: str = "default"

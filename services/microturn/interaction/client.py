@@ -1,11 +1,12 @@
 """A client of the Interaction service for one session, with the recovery protocol built in.
 
-It keeps the session's input chunks (all of them, or a bounded recent window), and when the
-replica answers UNKNOWN_SESSION or DRAINING, or the stream breaks, it reopens the stream — the
-session-affinity router sends it to whichever replica owns the session now — replaying the chunks
-already answered and resending the ones in flight. Background updates the model consumed
-(BackgroundUpdateConsumed events) are kept with their input chunk, so a replay feeds them again
-at the same micro-turn. The edge uses it for every call; tests and benchmarks use it directly.
+It keeps the session's recent input chunks, each answered one with the resume state of its output,
+and when the replica answers UNKNOWN_SESSION or DRAINING, the stream breaks, or outputs stop coming
+(``stall_timeout_s``), it reopens the stream — the session-affinity router sends it to whichever
+replica owns the session now — replaying the last ``resume_span_chunks`` answered chunks (all a
+replica needs to rebuild the session exactly, whatever its age) and resending the ones in flight.
+Background updates the model consumed (BackgroundUpdateConsumed events) are kept with their input
+chunk. The edge uses it for every call; tests and benchmarks use it directly.
 """
 
 from __future__ import annotations
@@ -56,13 +57,19 @@ class InteractionSession:
         chunk_ms: int = CHUNK_MS,
         window_chunks: int | None = None,
         max_recoveries: int = 10,
+        stall_timeout_s: float = 2.0,
         hop: str = "client",
     ) -> None:
+        """``window_chunks``: answered chunks kept for a replay (default: the replica's
+        ``resume_span_chunks``, the fewest an exact rebuild needs). ``stall_timeout_s``: with chunks in
+        flight and no message for this long, the stream counts as lost (a replica that hangs, or a
+        network that drops packets silently, is noticed without waiting for TCP)."""
         self.stub = interaction_pb2_grpc.InteractionStub(channel)
         self.app_name, self.session_id, self.seed = app_name, session_id, seed
         self.t0_ms, self.chunk_ms = t0_ms, chunk_ms
         self.window_chunks = window_chunks
         self.max_recoveries = max_recoveries
+        self.stall_timeout_s = stall_timeout_s
         self.hop = hop
         self.window: OrderedDict[int, media_pb2.InputChunk] = OrderedDict()
         self.next_index = 0  # next chunk to send
@@ -70,7 +77,10 @@ class InteractionSession:
         self.recoveries = 0
         self.accepted: interaction_pb2.SessionAccepted | None = None
         self._call: grpc.aio.StreamStreamCall | None = None
+        self._read: asyncio.Task | None = None  # the pending read of _call (kept across stall checks)
         self._closing = False
+        self._sent_at: dict[int, float] = {}  # chunk index -> loop time it was sent, until answered
+        self._last_message = 0.0  # loop time of the last message read
 
     # -- opening and recovery ------------------------------------------------------------------
     async def open(self) -> interaction_pb2.SessionAccepted:
@@ -91,7 +101,13 @@ class InteractionSession:
         )
         for k in range(first, live_from):  # the replay
             await call.write(interaction_pb2.ClientMessage(chunk=self.window[k]))
-        reply = await call.read()
+        try:
+            async with asyncio.timeout(self.stall_timeout_s + 0.01 * (live_from - first)):
+                reply = await call.read()
+        except TimeoutError:
+            call.cancel()
+            raise ConnectionError("no answer to OpenSession") from None
+        self._last_message = asyncio.get_running_loop().time()
         if reply is grpc.aio.EOF:
             raise ConnectionError("the stream ended before the session was accepted")
         if reply.WhichOneof("kind") == "error":
@@ -107,16 +123,15 @@ class InteractionSession:
 
     async def recover(self) -> interaction_pb2.SessionAccepted:
         """Reopen on the session's current owner, replaying what was answered."""
-        if self._call is not None:
-            self._call.cancel()
-            self._call = None
+        self.cancel()
         self.recoveries += 1
         if self.recoveries > self.max_recoveries:
             raise ConnectionError(
                 f"session {self.session_id}: gave up after {self.max_recoveries} recoveries"
             )
-        first = next(iter(self.window), self.answered + 1)
         live_from = self.answered + 1
+        span = self.accepted.resume_span_chunks if self.accepted is not None else 0
+        first = max(next(iter(self.window), live_from), live_from - span)
         delay = 0.05
         while True:
             try:
@@ -140,9 +155,7 @@ class InteractionSession:
             raise ValueError(f"chunk {chunk.header.chunk_index} sent, next is {self.next_index}")
         stamp(chunk.header, self.hop)
         self.window[self.next_index] = chunk
-        if self.window_chunks is not None:
-            while len(self.window) > self.window_chunks and next(iter(self.window)) <= self.answered:
-                self.window.popitem(last=False)
+        self._sent_at[self.next_index] = asyncio.get_running_loop().time()
         self.next_index += 1
         if self._call is None:
             if self.accepted is None:
@@ -157,7 +170,13 @@ class InteractionSession:
         while True:
             assert self._call is not None, "open() first"
             try:
-                msg = await self._call.read()
+                msg = await self._read_or_stall()
+            except TimeoutError:
+                log.info(
+                    "session %s: no output for %.1f s; recovering", self.session_id, self.stall_timeout_s
+                )
+                await self.recover()
+                continue
             except grpc.aio.AioRpcError as exc:
                 if self._closing:
                     raise SessionClosed(self.session_id) from None
@@ -179,12 +198,38 @@ class InteractionSession:
                 self._answered(msg.chunk)
             return msg
 
+    async def _read_or_stall(self):
+        """The next message of the stream; TimeoutError when chunks are in flight and none was
+        answered for ``stall_timeout_s``."""
+        assert self._call is not None
+        call = self._call
+        if self._read is None:
+            self._read = asyncio.ensure_future(call.read())
+        loop = asyncio.get_running_loop()
+        while True:
+            done, _ = await asyncio.wait({self._read}, timeout=self.stall_timeout_s / 4)
+            if done:
+                read, self._read = self._read, None
+                self._last_message = loop.time()
+                return read.result()
+            oldest = next(iter(self._sent_at.values()), None)
+            if oldest is not None and loop.time() - max(oldest, self._last_message) > self.stall_timeout_s:
+                raise TimeoutError
+
     def _answered(self, out: media_pb2.OutputChunk) -> None:
         k = out.header.chunk_index
         self.answered = max(self.answered, k)
+        for i in [i for i in self._sent_at if i <= k]:
+            del self._sent_at[i]
+        keep = self.window_chunks
+        if keep is None:
+            keep = self.accepted.resume_span_chunks if self.accepted is not None else 0
+        while self.window and next(iter(self.window)) <= self.answered - keep:
+            self.window.popitem(last=False)
         chunk = self.window.get(k)
         if chunk is None:
             return
+        chunk.resume.CopyFrom(out.resume)
         for ev in out.events:
             if ev.WhichOneof("kind") == "background_update":
                 u = ev.background_update
@@ -218,6 +263,9 @@ class InteractionSession:
         self.cancel()
 
     def cancel(self) -> None:
+        if self._read is not None:
+            self._read.cancel()
+            self._read = None
         if self._call is not None:
             self._call.cancel()
             self._call = None

@@ -30,7 +30,17 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from microturn.config import Settings
-from microturn.engine import DelegationOpened, Engine, EngineError, EngineFullError, SpeakingChanged
+from microturn.engine import (
+    ChunkInput,
+    ChunkOutput,
+    DelegationOpened,
+    Engine,
+    EngineError,
+    EngineFullError,
+    ResumePoint,
+    SpeakingChanged,
+)
+from microturn.interaction import resume
 from microturn.interaction.bridge import DelegationBridge, update_card, update_text
 from microturn.interaction.errors import Code, StreamError, error_message
 from microturn.interaction.model_loader import load_model, resolve_device
@@ -38,7 +48,7 @@ from microturn.interaction.session import PendingUpdate, Session
 from microturn.model import InteractionModel
 from microturn.protocol.chunks import validate_session_id
 from microturn.protocol.clock import ChunkClock, now_unix_ms, now_unix_us
-from microturn.telemetry import log_context, session_attributes
+from microturn.telemetry import RateLimitedLog, log_context, session_attributes
 from microturn.v1 import chunk_pb2, delegation_pb2, interaction_pb2, media_pb2
 
 log = logging.getLogger(__name__)
@@ -87,6 +97,8 @@ class InteractionCore:
         self._delegation_ids = itertools.count(1)
         self.bridge = DelegationBridge(settings, self._on_update) if self.cfg.bus else None
         self._background: set[asyncio.Task[object]] = set()
+        self._work = asyncio.Event()  # set when a rebuild is waiting for spare time
+        self._errlog = RateLimitedLog(log)
         self._tracer = trace.get_tracer("microturn.interaction")
         self._instruments(meter_provider or metrics.get_meter_provider())
 
@@ -103,6 +115,15 @@ class InteractionCore:
         )
         self._m_errors = meter.create_counter(
             "microturn_stream_errors", description="typed errors sent, by code"
+        )
+        self._m_dropped = meter.create_counter(
+            "microturn_chunks_dropped", description="input chunks dropped by policy, by reason"
+        )
+        self._m_rebuild = meter.create_histogram(
+            "microturn_session_rebuild_duration", unit="ms", description="replay received -> session live"
+        )
+        self._m_rebuild_turns = meter.create_counter(
+            "microturn_rebuild_turns", description="teacher-forced micro-turns run to rebuild sessions"
         )
 
         def lag(_: CallbackOptions) -> list[Observation]:
@@ -130,6 +151,7 @@ class InteractionCore:
         """Start the tick loop and the bus bridge (idempotent; needs the running event loop)."""
         if self._tick_task is None:
             self._lock = asyncio.Lock()
+            self._work = asyncio.Event()
             self._tick_task = asyncio.create_task(self._tick_loop(), name="tick-loop")
             if self.bridge is not None:
                 self.bridge.start()
@@ -169,6 +191,11 @@ class InteractionCore:
             first = await anext(requests)
         except StopAsyncIteration:
             return
+        except Exception as exc:  # bytes that are not a ClientMessage (the transport could not parse them)
+            yield self._error(
+                Code.ERROR_CODE_PROTOCOL, f"the first message is not a ClientMessage ({type(exc).__name__})"
+            )
+            return
         if first.WhichOneof("kind") != "open":
             yield self._error(Code.ERROR_CODE_PROTOCOL, "the first message of a stream must be OpenSession")
             return
@@ -176,8 +203,7 @@ class InteractionCore:
         try:
             session = await self._open(op, requests)
         except StreamError as exc:
-            self._m_errors.add(1, {"code": interaction_pb2.ErrorCode.Name(exc.code)})
-            yield exc.to_message(op.session_id)
+            yield self._reported(exc, op.session_id).to_message(op.session_id)
             return
         if session.outbox is not None:  # another stream had it: that one ends, this one takes over
             session.outbox.put_nowait(None)
@@ -196,6 +222,7 @@ class InteractionCore:
                     video_height=self.limits.video_height,
                     max_text_bytes_per_chunk=self.limits.max_text_bytes_per_chunk,
                 ),
+                resume_span_chunks=self.engine.resume_span,
             )
         )
         reader = asyncio.create_task(self._read(session, requests, outbox))
@@ -245,6 +272,12 @@ class InteractionCore:
                 Code.ERROR_CODE_PROTOCOL,
                 f"OpenSession.first_media_start_unix_ms {op.first_media_start_unix_ms} is not on a {chunk_ms} ms boundary",
             )
+        if replay and op.live_from_chunk_index - op.first_chunk_index > 4 * self.engine.resume_span:
+            raise StreamError(
+                Code.ERROR_CODE_PROTOCOL,
+                f"a replay of {op.live_from_chunk_index - op.first_chunk_index} chunks: a rebuild needs the last "
+                f"{self.engine.resume_span} (send at most {4 * self.engine.resume_span})",
+            )
         if existing is not None:  # a replay replaces whatever this replica had
             await self._close(existing, cancel_delegations=False)
         if self.engine.free_slots == 0:
@@ -261,49 +294,30 @@ class InteractionCore:
             live_from=max(op.live_from_chunk_index, op.first_chunk_index),
             limits=self.limits,
             max_pending=self.cfg.max_pending_chunks,
+            max_backlog=self.cfg.max_backlog_chunks,
             context_utterances=self.cfg.context_utterances,
+            text_queue_limit=self.engine.text_queue_limit,
         )
         assert self._lock is not None
         with self._tracer.start_as_current_span(
             "open", attributes=session_attributes(sid, op.first_chunk_index)
         ):
             if replay:
-                chunks = []
-                while session.next_index < session.live_from:
-                    try:
-                        msg = await anext(requests)
-                    except StopAsyncIteration:
-                        raise StreamError(
-                            Code.ERROR_CODE_PROTOCOL, "stream ended inside the replay"
-                        ) from None
-                    if msg.WhichOneof("kind") != "chunk":
-                        raise StreamError(
-                            Code.ERROR_CODE_PROTOCOL, "only chunks may follow a replaying OpenSession"
-                        )
-                    chunk = session.to_engine_chunk(msg.chunk)
-                    chunks.append(chunk)
-                    session.next_index += 1
-                    for text in chunk.text:
-                        session.note(delegation_pb2.SPEAKER_USER, text, chunk.chunk_index, typed=True)
-                async with self._lock:
-                    try:
-                        await asyncio.get_running_loop().run_in_executor(
-                            self._executor, self.engine.replay, sid, op.seed, chunks
-                        )
-                    except EngineFullError as exc:
-                        raise StreamError(
-                            Code.ERROR_CODE_OVER_CAPACITY, str(exc), retry_after_ms=self.cfg.retry_after_ms
-                        ) from None
-                    except EngineError as exc:
-                        raise StreamError(Code.ERROR_CODE_INVALID_CHUNK, f"replay failed: {exc}") from None
-            else:
-                async with self._lock:
-                    try:
+                session.rebuild = await self._read_replay(session, requests)
+            async with self._lock:
+                try:
+                    if session.rebuild:
+                        self.engine.resume_begin(sid, op.seed)
+                    else:
                         self.engine.open(sid, op.seed)
-                    except EngineFullError as exc:
-                        raise StreamError(
-                            Code.ERROR_CODE_OVER_CAPACITY, str(exc), retry_after_ms=self.cfg.retry_after_ms
-                        ) from None
+                except EngineFullError as exc:
+                    raise StreamError(
+                        Code.ERROR_CODE_OVER_CAPACITY, str(exc), retry_after_ms=self.cfg.retry_after_ms
+                    ) from None
+        if session.rebuild:
+            session.rebuild_last = session.rebuild[-1][1]
+            session.rebuild_started = time.perf_counter()
+            self._work.set()
         self.sessions[sid] = session
         if self.bridge is not None:
             self.bridge.follow(sid)
@@ -312,6 +326,52 @@ class InteractionCore:
             extra={"fields": {"session.id": sid, "replayed": session.live_from - op.first_chunk_index}},
         )
         return session
+
+    async def _read_replay(
+        self, session: Session, requests: AsyncIterator[interaction_pb2.ClientMessage]
+    ) -> deque[tuple[ChunkInput, ResumePoint]]:
+        """Read the replayed chunks of an OpenSession; keep the last ``resume_span`` with their resume
+        points (checked here: they come back from the client)."""
+        items: deque[tuple[ChunkInput, ResumePoint]] = deque(maxlen=self.engine.resume_span)
+        while session.next_index < session.live_from:
+            try:
+                msg = await anext(requests)
+            except StopAsyncIteration:
+                raise StreamError(Code.ERROR_CODE_PROTOCOL, "stream ended inside the replay") from None
+            except Exception as exc:
+                raise StreamError(
+                    Code.ERROR_CODE_PROTOCOL, f"an unreadable message in the replay ({exc})"
+                ) from None
+            k = session.next_index
+            if msg.WhichOneof("kind") != "chunk" or msg.chunk.header.chunk_index != k:
+                raise StreamError(
+                    Code.ERROR_CODE_PROTOCOL, f"a replay continues with chunk {k} (only chunks, in order)", k
+                )
+            session.next_index = k + 1
+            if not msg.chunk.HasField("resume"):
+                continue  # never processed (its error was sent, e.g. a dropped chunk): the model skipped it
+            rp = resume.from_proto(msg.chunk.resume, k)
+            try:
+                self.engine.validate_resume(rp)
+            except EngineError as exc:
+                raise StreamError(Code.ERROR_CODE_PROTOCOL, f"replayed chunk {k}: {exc}", k) from None
+            chunk, _ = self._checked(session, msg.chunk)  # an invalid chunk is replayed as silence, as it ran
+            items.append((chunk, rp))
+            for text in chunk.text:
+                session.note(delegation_pb2.SPEAKER_USER, text, k, typed=True)
+        return items
+
+    def _checked(self, session: Session, msg: media_pb2.InputChunk) -> tuple[ChunkInput, StreamError | None]:
+        """The engine chunk for an input chunk of this session, or silence with the reason it failed."""
+        k = msg.header.chunk_index
+        try:
+            chunk = session.to_engine_chunk(msg)
+            self.engine.validate(chunk)
+            return chunk, None
+        except StreamError as exc:
+            return session.silence(k), exc
+        except Exception as exc:  # EngineError, and anything a hostile chunk could still raise
+            return session.silence(k), StreamError(Code.ERROR_CODE_INVALID_CHUNK, f"chunk {k}: {exc}", k)
 
     async def _read(
         self,
@@ -324,17 +384,28 @@ class InteractionCore:
                 kind = msg.WhichOneof("kind")
                 if kind == "chunk":
                     try:
-                        chunk = session.to_engine_chunk(msg.chunk)
-                        try:
-                            self.engine.validate(chunk)
-                        except EngineError as exc:
-                            raise StreamError(
-                                Code.ERROR_CODE_INVALID_CHUNK, str(exc), chunk.chunk_index
-                            ) from None
-                        session.accept(chunk, now_unix_us())
+                        session.check_index(msg.chunk)
+                        k = msg.chunk.header.chunk_index
+                        session.check_not_ahead(k, now_unix_ms())
                     except StreamError as exc:
-                        self._m_errors.add(1, {"code": interaction_pb2.ErrorCode.Name(exc.code)})
-                        outbox.put_nowait(exc.to_message(session.session_id))
+                        self._send_error(session, exc)
+                        continue
+                    if k > session.next_index:
+                        self._send_error(
+                            session,
+                            StreamError(
+                                Code.ERROR_CODE_OUT_OF_ORDER,
+                                f"chunk {k} after a gap: chunks {session.next_index}..{k - 1} are skipped",
+                                k,
+                            ),
+                        )
+                    chunk, problem = self._checked(session, msg.chunk)
+                    if problem is not None:
+                        problem.message += "; the model hears silence for this micro-turn"
+                        self._send_error(session, problem)
+                    for dropped in session.accept(chunk, now_unix_us()):
+                        self._m_dropped.add(1, {"reason": "backlog"})
+                        self._send_error(session, dropped)
                 elif kind == "close":
                     await self._close(session, cancel_delegations=True)
                     break
@@ -346,7 +417,7 @@ class InteractionCore:
                             session.session_id,
                         )
                     )
-        except Exception as exc:  # the transport failed: treat as a dropped stream
+        except Exception as exc:  # the transport failed (or a bug here): treat as a dropped stream
             log.info("stream of %s ended: %r", session.session_id, exc)
         outbox.put_nowait(None)
 
@@ -373,8 +444,17 @@ class InteractionCore:
         task.add_done_callback(self._background.discard)
 
     def _error(self, code: int, message: str, session_id: str = "") -> interaction_pb2.ServerMessage:
-        self._m_errors.add(1, {"code": interaction_pb2.ErrorCode.Name(code)})
-        return error_message(code, message, session_id)
+        return self._reported(StreamError(code, message)).to_message(session_id)
+
+    def _reported(self, exc: StreamError, session_id: str = "") -> StreamError:
+        """Count and log (rate-limited) an error about to be sent to a client."""
+        name = interaction_pb2.ErrorCode.Name(exc.code)
+        self._m_errors.add(1, {"code": name})
+        self._errlog.warning(name, f"{name}: {exc.message}", **{"session.id": session_id})
+        return exc
+
+    def _send_error(self, session: Session, exc: StreamError) -> None:
+        session.send(self._reported(exc, session.session_id).to_message(session.session_id))
 
     # -- background updates --------------------------------------------------------------------
     def _on_update(self, session_id: str, update: delegation_pb2.BackgroundUpdate, ack) -> None:
@@ -396,38 +476,83 @@ class InteractionCore:
         while True:
             now = now_unix_ms()
             tick_at = self.clock.floor(now - grace) + chunk_ms + grace
-            await asyncio.sleep((tick_at - now) / 1000)
+            await self._spare_work(until_ms=tick_at - self.cfg.spare_work_guard_ms)
+            await asyncio.sleep(max(tick_at - now_unix_ms(), 0) / 1000)
             self._reap_detached()
-            batch = [(s, s.pending.popleft()) for s in list(self.sessions.values()) if s.pending]
-            # Sessions that fell behind (chunks resent after a recovery, a stalled client) catch up
-            # with extra steps while the first half of the micro-turn lasts, so lag does not stay.
-            while batch:
-                await self._step_or_fail(batch)
-                now = now_unix_ms()
-                if now >= tick_at + chunk_ms // 2:
-                    break
-                batch = self._take_overdue(now)
+            batch = [
+                (s, s.pending.popleft())
+                for s in list(self.sessions.values())
+                if s.pending and not s.rebuilding
+            ]
+            if batch:
+                await self._tick(batch)
 
-    def _take_overdue(self, now_ms: int) -> list[tuple[Session, object]]:
+    async def _spare_work(self, until_ms: int) -> None:
+        """Between ticks, rebuild sessions reopened with a replay (one forced micro-turn per session per
+        unit, batched) and let sessions that fell behind catch up (their chunks whose media has ended);
+        each unit is short, and the lock is taken per unit, never for a whole rebuild."""
+        while (now := now_unix_ms()) < until_ms:
+            rebuilding = [s for s in self.sessions.values() if s.rebuilding]
+            if rebuilding:
+                await self._rebuild_unit(rebuilding)
+                continue
+            overdue = self._take_overdue(now)
+            if overdue:
+                await self._tick(overdue)
+                continue
+            self._work.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._work.wait(), (until_ms - now) / 1000)
+
+    async def _rebuild_unit(self, sessions: list[Session]) -> None:
+        items = [s.rebuild.popleft() for s in sessions]
+        done = [s for s in sessions if not s.rebuild]
+        assert self._lock is not None
+
+        def run() -> None:
+            self.engine.resume_steps(items)
+            for s in done:
+                self.engine.resume_end(s.session_id, s.rebuild_last)
+
+        try:
+            async with self._lock:
+                await asyncio.get_running_loop().run_in_executor(self._executor, run)
+        except Exception:
+            log.exception("rebuild step failed")
+            if len(sessions) == 1:
+                self._send_error(
+                    sessions[0], StreamError(Code.ERROR_CODE_INTERNAL, "rebuilding the session failed")
+                )
+                await self._close(sessions[0], cancel_delegations=False)
+                return
+            for s, item in zip(sessions, items, strict=True):  # again one by one: only the culprit fails
+                s.rebuild.appendleft(item)
+            for s in sessions:
+                await self._rebuild_unit([s])
+            return
+        self._m_rebuild_turns.add(len(items))
+        for s in done:
+            s.rebuild_last = None
+            ms = (time.perf_counter() - s.rebuild_started) * 1000
+            self._m_rebuild.record(ms)
+            log.info(
+                "session rebuilt",
+                extra={"fields": {"session.id": s.session_id, "rebuild_ms": round(ms, 1)}},
+            )
+
+    def _take_overdue(self, now_ms: int) -> list[tuple[Session, ChunkInput]]:
         """Next queued chunk of every session whose queued chunk's media ended by ``now_ms``."""
         return [
             (s, s.pending.popleft())
             for s in list(self.sessions.values())
-            if s.pending and self.clock.end(s.t0_ms, s.pending[0].chunk_index) <= now_ms
+            if s.pending and not s.rebuilding and self.clock.end(s.t0_ms, s.pending[0].chunk_index) <= now_ms
         ]
 
-    async def _step_or_fail(self, batch: list[tuple[Session, object]]) -> None:
-        try:
-            await self._tick(batch)
-        except Exception:
-            log.exception("tick failed")
-            for s, _ in batch:
-                s.send(self._error(Code.ERROR_CODE_INTERNAL, "the engine step failed", s.session_id))
-
-    async def _tick(self, batch: list[tuple[Session, object]]) -> None:
+    async def _tick(self, batch: list[tuple[Session, ChunkInput]]) -> None:
         fed: list[list[PendingUpdate]] = []
         for s, chunk in batch:
-            updates = s.take_updates()
+            typed = sum(len(t.encode()) for t in chunk.text)
+            updates = s.take_updates(self.engine.text_room(s.session_id) - typed)
             chunk.background.extend(u.text for u in updates)
             fed.append(updates)
         inputs = [chunk for _, chunk in batch]
@@ -435,8 +560,8 @@ class InteractionCore:
         with self._tracer.start_as_current_span("tick", attributes={"batch.size": len(inputs)}):
             t = time.perf_counter_ns()
             async with self._lock:
-                outputs = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self.engine.step, inputs
+                results = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self.engine.step_isolated, inputs
                 )
             engine_us = (time.perf_counter_ns() - t) // 1000
         done_ms = now_unix_ms()
@@ -445,12 +570,19 @@ class InteractionCore:
         st.batches.append(len(inputs))
         self._m_tick.record(engine_us / 1000)
         self._m_batch.record(len(inputs))
-        for (s, chunk), out, updates in zip(batch, outputs, fed, strict=True):
+        for (s, chunk), out, updates in zip(batch, results, fed, strict=True):
             k = chunk.chunk_index
+            if not isinstance(out, ChunkOutput):
+                s.updates.extendleft(reversed(updates))  # not fed: they wait for the next tick
+                s.received.pop(k, None)
+                self._send_error(
+                    s, StreamError(Code.ERROR_CODE_INTERNAL, f"chunk {k} was not processed: {out}", k)
+                )
+                continue
             media_start = s.t0_ms + k * self.limits.chunk_ms
             if done_ms > media_start + 2 * self.limits.chunk_ms:
                 st.misses += 1
-                self._m_miss.add(1, {"session.id": s.session_id})
+                self._m_miss.add(1)
             msg = media_pb2.OutputChunk(
                 header=chunk_pb2.ChunkHeader(
                     session_id=s.session_id,
@@ -466,6 +598,7 @@ class InteractionCore:
                 text=out.text,
                 model_version=out.model_version,
                 engine_us=min(engine_us, 2**32 - 1),
+                resume=resume.to_proto(out.resume),
             )
             with log_context(session_id=s.session_id, chunk_index=k):
                 self._events(s, k, out.events, updates, msg)

@@ -3,7 +3,12 @@ background updates waiting to enter text-in, the transcript for delegation conte
 stream (if any) its outputs go to.
 
 Input chunks are checked here against the service's limits before they reach the engine, so a bad
-chunk is answered with a typed error and never touches the session's slot.
+chunk is answered with a typed error and never touches the session's slot; the model hears silence for
+that micro-turn instead (``silence``), so the session's timeline and its output go on.
+
+Queue policy (``accept``): a chunk whose media already ended (resent after a recovery) is always taken
+for catch-up, up to ``max_backlog`` queued chunks, past which the oldest are dropped with a DROPPED error
+each; a chunk more than ``max_pending`` micro-turns ahead of real time is refused (retry later).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from microturn.config import LimitsSettings
-from microturn.engine import ChunkInput
+from microturn.engine import ChunkInput, ResumePoint
 from microturn.interaction.errors import Code, StreamError
 from microturn.v1 import delegation_pb2, interaction_pb2, media_pb2
 
@@ -41,7 +46,9 @@ class Session:
     live_from: int
     limits: LimitsSettings
     max_pending: int
+    max_backlog: int
     context_utterances: int
+    text_queue_limit: int
     pending: deque[ChunkInput] = field(default_factory=deque)
     updates: deque[PendingUpdate] = field(default_factory=deque)
     outbox: asyncio.Queue[interaction_pb2.ServerMessage | None] | None = None
@@ -51,26 +58,45 @@ class Session:
     closed: bool = False
     # chunk index -> receive time (us) of live chunks, stamped on their output for latency accounting
     received: dict[int, int] = field(default_factory=dict)
+    # a session being rebuilt from a replay: the (chunk, resume point) items still to force, the last one
+    rebuild: deque[tuple[ChunkInput, ResumePoint]] = field(default_factory=deque)
+    rebuild_last: ResumePoint | None = None
+    rebuild_started: float = 0.0
+
+    @property
+    def rebuilding(self) -> bool:
+        return self.rebuild_last is not None
 
     # -- input ---------------------------------------------------------------------------------
-    def to_engine_chunk(self, chunk: media_pb2.InputChunk) -> ChunkInput:
-        """Check one InputChunk against the limits and the expected index; convert it."""
+    def check_index(self, chunk: media_pb2.InputChunk) -> None:
+        """Raise for a chunk that is not this session's or is a duplicate (both are dropped)."""
         h = chunk.header
         k = h.chunk_index
-        lim = self.limits
         if h.session_id != self.session_id:
             raise StreamError(
                 Code.ERROR_CODE_PROTOCOL,
                 f"chunk for session {h.session_id!r} on the stream of {self.session_id!r}",
                 k,
             )
-        if k != self.next_index:
-            what = (
-                "a duplicate" if k < self.next_index else f"a gap (chunks {self.next_index}..{k - 1} missing)"
-            )
+        if k < self.next_index:
             raise StreamError(
-                Code.ERROR_CODE_OUT_OF_ORDER, f"chunk {k} is {what}: expected chunk {self.next_index}", k
+                Code.ERROR_CODE_OUT_OF_ORDER,
+                f"chunk {k} is a duplicate: expected chunk {self.next_index}; dropped",
+                k,
             )
+
+    def silence(self, chunk_index: int) -> ChunkInput:
+        """What the model hears in a micro-turn whose chunk failed validation."""
+        n = self.limits.sample_rate_hz * self.limits.chunk_ms // 1000
+        return ChunkInput(
+            self.session_id, chunk_index, np.zeros(n, np.int16), sample_rate=self.limits.sample_rate_hz
+        )
+
+    def to_engine_chunk(self, chunk: media_pb2.InputChunk) -> ChunkInput:
+        """Check one InputChunk (of this session, not a duplicate) against the limits; convert it."""
+        h = chunk.header
+        k = h.chunk_index
+        lim = self.limits
         if h.duration_ms != lim.chunk_ms:
             raise StreamError(
                 Code.ERROR_CODE_INVALID_CHUNK,
@@ -134,25 +160,55 @@ class Session:
             sample_rate=a.sample_rate_hz,
         )
 
-    def accept(self, chunk: ChunkInput, received_us: int) -> None:
-        """Queue a checked live chunk for its tick."""
-        if len(self.pending) >= self.max_pending:
+    def check_not_ahead(self, chunk_index: int, now_ms: int) -> None:
+        """Refuse a chunk whose media starts more than ``max_pending`` micro-turns from now."""
+        ms = self.limits.chunk_ms
+        ahead = (self.t0_ms + chunk_index * ms - now_ms) // ms
+        if ahead > self.max_pending:
             raise StreamError(
                 Code.ERROR_CODE_INVALID_CHUNK,
-                f"chunk {chunk.chunk_index} is more than {self.max_pending} chunks ahead of the tick loop: "
+                f"chunk {chunk_index} starts {ahead} chunks ahead of real time (at most {self.max_pending}): "
                 "send chunks in real time",
-                chunk.chunk_index,
-                retry_after_ms=self.limits.chunk_ms,
+                chunk_index,
+                retry_after_ms=ms,
             )
-        self.pending.append(chunk)
-        self.received[chunk.chunk_index] = received_us
-        self.next_index += 1
-        for t in chunk.text:
-            self.note(delegation_pb2.SPEAKER_USER, t, chunk.chunk_index, typed=True)
 
-    def take_updates(self) -> list[PendingUpdate]:
-        out = list(self.updates)
-        self.updates.clear()
+    def accept(self, chunk: ChunkInput, received_us: int) -> list[StreamError]:
+        """Queue a checked live chunk (any index after the last one: a gap skips micro-turns); returns
+        a DROPPED error for each queued chunk the backlog limit pushed out."""
+        k = chunk.chunk_index
+        self.pending.append(chunk)
+        self.received[k] = received_us
+        self.next_index = k + 1
+        for t in chunk.text:
+            self.note(delegation_pb2.SPEAKER_USER, t, k, typed=True)
+        dropped = []
+        while len(self.pending) > self.max_backlog:
+            old = self.pending.popleft()
+            self.received.pop(old.chunk_index, None)
+            dropped.append(
+                StreamError(
+                    Code.ERROR_CODE_DROPPED,
+                    f"chunk {old.chunk_index} dropped: more than {self.max_backlog} chunks queued for catch-up",
+                    old.chunk_index,
+                )
+            )
+        return dropped
+
+    def take_updates(self, room: int) -> list[PendingUpdate]:
+        """The queued background updates that fit in ``room`` text-in tokens, in order; the rest wait
+        for a later tick (an update larger than the whole queue limit is cut to fit an empty queue)."""
+        out = []
+        while self.updates:
+            need = len(self.updates[0].text.encode()) + 2  # + the <bg> markers
+            if need > room:
+                if out or room < self.text_queue_limit:
+                    break
+                u = self.updates[0]
+                u.text = u.text.encode()[: max(room - 2, 0)].decode("utf-8", "ignore")
+                need = len(u.text.encode()) + 2
+            out.append(self.updates.popleft())
+            room -= need
         return out
 
     # -- transcript ----------------------------------------------------------------------------

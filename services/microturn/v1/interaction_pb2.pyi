@@ -17,6 +17,7 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CODE_PROTOCOL: _ClassVar[ErrorCode]
     ERROR_CODE_DRAINING: _ClassVar[ErrorCode]
     ERROR_CODE_INTERNAL: _ClassVar[ErrorCode]
+    ERROR_CODE_DROPPED: _ClassVar[ErrorCode]
 ERROR_CODE_UNSPECIFIED: ErrorCode
 ERROR_CODE_UNKNOWN_SESSION: ErrorCode
 ERROR_CODE_OVER_CAPACITY: ErrorCode
@@ -25,6 +26,7 @@ ERROR_CODE_OUT_OF_ORDER: ErrorCode
 ERROR_CODE_PROTOCOL: ErrorCode
 ERROR_CODE_DRAINING: ErrorCode
 ERROR_CODE_INTERNAL: ErrorCode
+ERROR_CODE_DROPPED: ErrorCode
 
 class OpenSession(_message.Message):
     __slots__ = ("session_id", "seed", "first_chunk_index", "first_media_start_unix_ms", "live_from_chunk_index", "model_version")
