@@ -59,14 +59,14 @@ async def edge_stack(request):
     port = free_port()
     server, task = await start_uvicorn(app, port)
     stack = EdgeStack(url=f"http://127.0.0.1:{port}", edge=app.state.edge, core=core)
-    step = core.engine.step
+    step = core.engine.step_isolated
 
     def spy(inputs):
         for c in inputs:
             stack.inputs[c.session_id].append(c)
         return step(inputs)
 
-    core.engine.step = spy
+    core.engine.step_isolated = spy
     try:
         yield stack
     finally:
