@@ -23,6 +23,7 @@ EXAMPLES = int(os.environ.get("MICROTURN_FUZZ_EXAMPLES", "60"))
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
+    database=None,  # no example database written into the checkout
     # one server (or app, or call) serves every example of a target: that is the point, not an accident
     suppress_health_check=[
         HealthCheck.function_scoped_fixture,

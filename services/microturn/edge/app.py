@@ -4,21 +4,29 @@ metrics, and the browser client. See docs/EDGE.md for the contract."""
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from fastapi import FastAPI, Header, HTTPException, Request, Response
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
+from opentelemetry.metrics import MeterProvider
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from microturn.config import Settings
-from microturn.edge.sdp import SdpError, check_offer
+from microturn.edge.peer import EdgeSession
+from microturn.edge.sdp import SdpError, parse_offer
 from microturn.edge.server import EdgeFull, EdgeServer
 from microturn.edge.tokens import TokenError
 
 STATIC_DIR = Path(__file__).with_name("static")
+
+log = logging.getLogger(__name__)
 
 
 class SessionCreated(BaseModel):
@@ -40,8 +48,35 @@ def _bearer(authorization: str | None) -> str | None:
     return None
 
 
-def create_app(settings: Settings, on_started: Callable[[], None] | None = None) -> FastAPI:
-    edge = EdgeServer(settings)
+def _awaits_offer(session: EdgeSession) -> bool:
+    return session.state == "created" and session.pc is None and not session.closed
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused once it passes ``limit`` instead of buffered whole first."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise HTTPException(400, f"offer body of {declared} bytes, at most {limit}")
+    parts, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise HTTPException(400, f"offer body of more than {limit} bytes")
+        parts.append(part)
+    return b"".join(parts)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def create_app(
+    settings: Settings,
+    on_started: Callable[[], None] | None = None,
+    meter_provider: MeterProvider | None = None,
+) -> FastAPI:
+    edge = EdgeServer(settings, meter_provider)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -55,6 +90,18 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
 
     app = FastAPI(title="microturn edge", lifespan=lifespan)
     app.state.edge = edge
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if 400 <= exc.status_code < 500:  # the client's fault: counted, and logged rate-limited
+            where = f"{request.method} {request.url.path}"
+            edge.client_errors.report(f"HTTP_{exc.status_code}", f"{where}: {exc.detail}")
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        edge.client_errors.report("HTTP_422", f"{request.method} {request.url.path}: invalid request")
+        return await request_validation_exception_handler(request, exc)
 
     def authorized(session_id: str, authorization: str | None):
         session = edge.sessions.get(session_id)
@@ -86,21 +133,29 @@ def create_app(settings: Settings, on_started: Callable[[], None] | None = None)
     @app.post("/api/sessions/{session_id}/offer", response_model=Answer)
     async def offer(session_id: str, request: Request, authorization: str | None = Header(None)) -> Answer:
         session = authorized(session_id, authorization)
-        if session.state != "created":
+        if not _awaits_offer(session):
             raise HTTPException(409, f"session {session_id} already has a peer connection")
-        raw = await request.body()
-        if len(raw) > settings.edge.max_sdp_bytes + 1024:
-            raise HTTPException(400, f"offer body of {len(raw)} bytes, at most {settings.edge.max_sdp_bytes}")
+        cfg = settings.edge
+        raw = await _read_body(request, cfg.max_sdp_bytes + 1024)
         try:
-            body = await request.json()
-            desc = check_offer(body, settings.edge.max_sdp_bytes)
-        except ValueError as exc:  # SdpError, or JSON that does not parse
+            desc = parse_offer(raw, cfg.max_sdp_bytes, cfg.max_json_depth)
+        except SdpError as exc:
             raise HTTPException(400, f"bad offer: {exc}") from None
+        except Exception as exc:  # still the body's fault: a 400, never a 500
+            raise HTTPException(400, f"bad offer: unreadable ({type(exc).__name__})") from None
+        # reading the body yielded: another offer may have won the session, or the reaper closed it
+        if session.closed:
+            raise HTTPException(404, f"unknown session {session_id} (closed or reaped)")
+        if not _awaits_offer(session):
+            raise HTTPException(409, f"session {session_id} already has a peer connection")
         try:
             answer = await session.accept_offer(desc)
-        except (ValueError, SdpError) as exc:
-            await edge.close(session_id, "bad offer")
-            raise HTTPException(400, f"the offer could not be negotiated: {exc}") from None
+        except Exception as exc:
+            # aiortc refused an offer the checks let through: release its peer connection now
+            # rather than at the reaper, and tell the client why
+            log.debug("offer for %s could not be negotiated", session_id, exc_info=True)
+            await edge.close(session_id, "the offer could not be negotiated")
+            raise HTTPException(400, f"the offer could not be negotiated: {_reason(exc)}") from None
         return Answer(sdp=answer.sdp, type=answer.type)
 
     @app.delete("/api/sessions/{session_id}", status_code=204)

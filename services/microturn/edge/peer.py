@@ -23,10 +23,19 @@ import grpc
 import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+from opentelemetry import metrics
 
 from microturn.config import Settings
 from microturn.edge.chunker import AudioChunker
-from microturn.edge.events import BadMessage, error_event, output_events, parse_client_message, state_event
+from microturn.edge.events import (
+    BAD_MESSAGE,
+    BadMessage,
+    ClientErrors,
+    error_event,
+    output_events,
+    parse_client_message,
+    state_event,
+)
 from microturn.edge.playout import PlayoutTrack
 from microturn.interaction.client import InteractionSession, SessionClosed, SessionRejected
 from microturn.protocol.chunks import input_chunk
@@ -40,10 +49,20 @@ OPEN_ATTEMPTS = 8
 
 
 class EdgeSession:
-    def __init__(self, session_id: str, settings: Settings, channel: grpc.aio.Channel) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        settings: Settings,
+        channel: grpc.aio.Channel,
+        client_errors: ClientErrors | None = None,
+    ) -> None:
         self.session_id = session_id
         self.settings = settings
         self.cfg = settings.edge
+        # the process's error accounting (EdgeServer's); a session on its own counts nowhere
+        self.client_errors = client_errors or ClientErrors(
+            metrics.NoOpMeter("microturn.edge"), self.cfg.client_error_log_interval_s
+        )
         self.limits = settings.limits
         self.channel = channel
         self.clock = ChunkClock(self.limits.chunk_ms)
@@ -132,14 +151,31 @@ class EdgeSession:
                 )  # fmt: skip
 
     def _on_message(self, raw: object) -> None:
+        """One browser message. Nothing may escape from here: an exception unwinds into aiortc's
+        SCTP receive loop, which then closes the peer connection and so ends the call."""
         try:
             text = parse_client_message(
-                raw, self.cfg.max_datachannel_bytes, self.limits.max_text_bytes_per_chunk
+                raw,
+                self.cfg.max_datachannel_bytes,
+                self.limits.max_text_bytes_per_chunk,
+                self.cfg.max_json_depth,
             )
+            # the replica refuses a whole chunk (its audio too) whose typed text is over the budget
+            budget = self.limits.max_text_bytes_per_chunk
+            if sum(len(t.encode()) for t in self.typed) + len(text.encode()) > budget:
+                raise BadMessage(
+                    f"typed text over {budget} bytes per chunk ({self.limits.chunk_ms} ms): send it again later"
+                )
         except BadMessage as exc:
-            self.send_event({"type": "error", "code": "BAD_MESSAGE", "message": str(exc)})
+            reason = str(exc)
+        except Exception as exc:  # not ours, still the message's fault: the call goes on
+            log.debug("unreadable data-channel message", exc_info=True)
+            reason = f"the message could not be read ({type(exc).__name__})"
+        else:
+            self.typed.append(text)
             return
-        self.typed.append(text)
+        with contextlib.suppress(Exception):
+            self.send_event({"type": "error", "code": BAD_MESSAGE, "message": reason})
 
     # -- the session ---------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -230,6 +266,8 @@ class EdgeSession:
 
     # -- out -----------------------------------------------------------------------------------
     def send_event(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "error":
+            self.client_errors.report(str(event.get("code")), str(event.get("message", "")), self.session_id)
         ch = self.channel_out
         if ch is not None and ch.readyState == "open":
             ch.send(json.dumps(event))

@@ -15,6 +15,7 @@ from opentelemetry import metrics
 from opentelemetry.metrics import Observation
 
 from microturn.config import Settings
+from microturn.edge.events import ClientErrors
 from microturn.edge.peer import EdgeSession
 from microturn.edge.tokens import SessionTokens
 
@@ -35,7 +36,7 @@ def pin_host_candidates(addresses: list[str]) -> None:
 
 
 class EdgeServer:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, meter_provider: metrics.MeterProvider | None = None) -> None:
         self.settings = settings
         self.cfg = settings.edge
         self.tokens = SessionTokens(self.cfg.token_secret, self.cfg.token_ttl_s)
@@ -44,7 +45,8 @@ class EdgeServer:
         self._reaper: asyncio.Task[None] | None = None
         if self.cfg.ice_host_addresses:
             pin_host_candidates(self.cfg.ice_host_addresses)
-        meter = metrics.get_meter("microturn.edge")
+        meter = (meter_provider or metrics.get_meter_provider()).get_meter("microturn.edge")
+        self.client_errors = ClientErrors(meter, self.cfg.client_error_log_interval_s)
         meter.create_observable_gauge(
             "microturn_edge_sessions",
             [lambda _: [Observation(len(self.sessions))]],
@@ -74,7 +76,7 @@ class EdgeServer:
             raise EdgeFull(f"this edge holds its limit of {self.cfg.max_sessions} sessions")
         assert self.channel is not None, "start() first"
         session_id = "s" + secrets.token_urlsafe(12).replace("-", "x").replace("_", "y")
-        session = EdgeSession(session_id, self.settings, self.channel)
+        session = EdgeSession(session_id, self.settings, self.channel, client_errors=self.client_errors)
         self.sessions[session_id] = session
         token, expires = self.tokens.issue(session_id)
         return session, token, expires
