@@ -73,7 +73,19 @@ class Tools:
         result = await self.call_json(tool, json.dumps(arguments))
         if result.WhichOneof("outcome") == "error":
             raise ToolCallFailed(tool, result.error)
-        return json.loads(result.result_json)
+        try:
+            value = json.loads(result.result_json)
+        except (ValueError, RecursionError):
+            value = None
+        if not isinstance(value, dict):  # every built-in tool answers with an object
+            raise ToolCallFailed(
+                tool,
+                tools_pb2.ToolError(
+                    code=tools_pb2.TOOL_ERROR_CODE_EXECUTION_FAILED,
+                    message="the tool's result is not a JSON object",
+                ),
+            )
+        return value
 
 
 @dataclass
@@ -85,12 +97,13 @@ class DelegationContext:
 
     @property
     def text(self) -> str:
-        """What was asked: the delegation's request, else the user's last words."""
+        """What was asked: the delegation's request, else the user's last words (at most
+        ``max_request_chars`` of them: an utterance grows as long as the user keeps talking)."""
         if self.request.context.request.strip():
             return self.request.context.request.strip()
         for u in reversed(self.request.context.utterances):
             if u.speaker == delegation_pb2.SPEAKER_USER and u.text.strip():
-                return u.text.strip()
+                return u.text.strip()[-self.settings.max_request_chars :].strip()
         return ""
 
     @property

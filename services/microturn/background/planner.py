@@ -47,7 +47,10 @@ _TIME = re.compile(
     r"what's the date|what is the date|date today|day is it)\b",
     re.IGNORECASE,
 )
-_CARD = re.compile(r"\b(show|display|put up|pin)\b.*\b(card|on (the )?screen)\b", re.IGNORECASE)
+# "show ... card": a verb, then a card or the screen later on the same line. Two scans, not one
+# pattern with ``.*`` between them, which backtracks quadratically over a long request.
+_CARD_VERB = re.compile(r"\b(show|display|put up|pin)\b", re.IGNORECASE)
+_CARD_NOUN = re.compile(r"\b(card|on (the )?screen)\b", re.IGNORECASE)
 _QUESTION = re.compile(
     r"^(what|what's|who|whom|how|why|where|when|which|explain|tell me|describe|define|look up|search)\b",
     re.IGNORECASE,
@@ -74,6 +77,17 @@ _MATH_CHARS = re.compile(r"^[\d\s.+\-*/%^()×÷−,a-z]+$")
 _OPERATOR = re.compile(r"[+\-*/%^×÷−]|\b(" + "|".join(FUNCTIONS) + r")\b")
 
 
+MAX_SECONDS = 10**12  # far past any timer limit: the timer tool refuses it and says its maximum
+
+
+def wants_card(text: str) -> bool:
+    for line in text.split("\n"):
+        verb = _CARD_VERB.search(line)
+        if verb and _CARD_NOUN.search(line, verb.end()):
+            return True
+    return False
+
+
 def parse_seconds(text: str) -> int | None:
     total = 0.0
     for amount, unit in _DURATION.findall(text):
@@ -81,6 +95,8 @@ def parse_seconds(text: str) -> int | None:
         value = float(amount) if n is None else n
         key = unit.lower().rstrip("s") or "s"
         total += value * _UNITS.get(key, _UNITS.get(key[:3], 1))
+    if not total < MAX_SECONDS:  # "999…9 hours" overflows a float to inf
+        return MAX_SECONDS
     return round(total) or None
 
 
@@ -151,7 +167,7 @@ class PlannerBackend:
                 await self.timer(ctx, text)
             elif _TIME.search(text):
                 await self.clock(ctx, text)
-            elif _CARD.search(text):
+            elif wants_card(text):
                 await self.card(ctx, text)
             elif (expr := arithmetic_expression(text)) is not None:
                 await self.arithmetic(ctx, expr)

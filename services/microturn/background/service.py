@@ -23,7 +23,18 @@ from microturn.background.backend import Backend, DelegationContext, DelegationF
 from microturn.background.openai_backend import OpenAIBackend
 from microturn.background.planner import PlannerBackend
 from microturn.background.updates import ErrorCode, UpdateStream
-from microturn.bus import Attempt, Bus, PermanentError, RetryableError, WorkQueue, subjects, trace_context
+from microturn.bus import (
+    Attempt,
+    Bus,
+    PermanentError,
+    Rejected,
+    Rejections,
+    RetryableError,
+    WorkQueue,
+    rejects,
+    subjects,
+    trace_context,
+)
 from microturn.config import Settings
 from microturn.telemetry import log_context, session_attributes
 from microturn.tools import clock
@@ -39,6 +50,7 @@ DELEGATION_MS = meter.create_histogram(
     "microturn.delegation.duration", unit="ms", description="from pick-up to the last update"
 )
 CancelReason = delegation_pb2.CancelReason
+MAX_TAG_CHARS = 64  # a time zone or language tag longer than this is not one
 
 
 def make_backend(settings: Settings) -> Backend:
@@ -68,6 +80,8 @@ class BackgroundService:
         self._cancels: Subscription | None = None
         self._running: dict[str, _Running] = {}
         self._notified: set[str] = set()  # ended with an error update, then dead-lettered
+        self.rejections = Rejections.for_kind("delegation", settings.bus)
+        self.cancel_rejections = Rejections.for_kind("cancel", settings.bus)
 
     async def start(self) -> None:
         s = self.settings
@@ -102,7 +116,10 @@ class BackgroundService:
         cancel = delegation_pb2.CancelDelegation()
         try:
             cancel.ParseFromString(msg.data)
-        except Exception:
+        except Exception as exc:
+            self.cancel_rejections.record(
+                rejects.UNDECODABLE, f"not a CancelDelegation: {exc}", f" on {msg.subject}"
+            )
             return
         for delegation_id, run in list(self._running.items()):
             if delegation_id == cancel.delegation_id or (
@@ -120,7 +137,15 @@ class BackgroundService:
             stored = await self.bus.last_message(subjects.CANCELS_STREAM, subject)
             if stored is not None:
                 cancel = delegation_pb2.CancelDelegation()
-                cancel.ParseFromString(stored.data)
+                try:
+                    cancel.ParseFromString(stored.data)
+                except Exception as exc:
+                    # Its subject still says what is cancelled; only the reason is lost.
+                    self.cancel_rejections.record(
+                        rejects.UNDECODABLE,
+                        f"stored cancellation is not a CancelDelegation: {exc}",
+                        f" on {subject}",
+                    )
                 return cancel.reason or CancelReason.CANCEL_REASON_USER_CANCELLED
         return None
 
@@ -129,11 +154,27 @@ class BackgroundService:
         req = delegation_pb2.DelegationRequest()
         try:
             req.ParseFromString(msg.data)
+        except Exception as exc:
+            raise Rejected(rejects.UNDECODABLE, f"not a usable DelegationRequest: {exc}") from None
+        try:
             subjects.check_id("delegation id", req.delegation_id)
             subjects.check_id("session id", req.session_id)
-        except Exception as exc:
-            raise PermanentError(f"not a usable DelegationRequest: {exc}") from exc
+        except subjects.InvalidIdError as exc:
+            raise Rejected(rejects.INVALID_ID, f"not a usable DelegationRequest: {exc}") from None
         return req
+
+    def _refusal(self, req: delegation_pb2.DelegationRequest) -> tuple[str, str] | None:
+        """Why a request with usable ids cannot be worked on, as (code, what the session is told)."""
+        limit = self.settings.background.max_request_chars
+        if len(req.context.request) > limit:
+            return (
+                rejects.TOO_LARGE,
+                f"The request is {len(req.context.request)} characters long; the limit is {limit}.",
+            )
+        for name, value in (("time zone", req.context.timezone), ("language", req.context.language)):
+            if len(value) > MAX_TAG_CHARS:
+                return rejects.INVALID_FIELD, f"The {name} is {len(value)} characters, not a {name}."
+        return None
 
     def _deadline_unix_ms(self, req: delegation_pb2.DelegationRequest) -> int:
         s = self.settings.background
@@ -173,6 +214,12 @@ class BackgroundService:
                 session_id=req.session_id, chunk_index=req.chunk_index, delegation_id=req.delegation_id
             ),
         ):
+            refusal = self._refusal(req)
+            if refusal is not None:
+                code, text = refusal
+                self.rejections.record(code, text, f" for delegation {req.delegation_id}")
+                await updates.error(ErrorCode.DELEGATION_ERROR_CODE_UNSUPPORTED, text)
+                return
             reason = await self._cancelled_before(req)
             if reason is not None:
                 await updates.error(ErrorCode.DELEGATION_ERROR_CODE_CANCELLED, _cancel_text(reason))

@@ -13,10 +13,18 @@ the interaction side::
     await client.cancel(session_id)                   # session closed: cancel all its work
 """
 
-from microturn.bus import subjects
+from microturn.bus import rejects, subjects
 from microturn.bus.connection import Bus, trace_context, trace_headers
 from microturn.bus.delegations import CancelReason, DelegationClient, SessionUpdates, UpdateDelivery
-from microturn.bus.errors import Defer, PermanentError, PublishError, RetryableError
+from microturn.bus.errors import (
+    Defer,
+    PayloadTooLarge,
+    PermanentError,
+    PublishError,
+    Rejected,
+    RetryableError,
+)
+from microturn.bus.rejects import Rejections
 from microturn.bus.streams import ensure_streams, stream_configs
 from microturn.bus.workqueue import Attempt, WorkQueue
 
@@ -26,13 +34,17 @@ __all__ = [
     "CancelReason",
     "Defer",
     "DelegationClient",
+    "PayloadTooLarge",
     "PermanentError",
     "PublishError",
+    "Rejected",
+    "Rejections",
     "RetryableError",
     "SessionUpdates",
     "UpdateDelivery",
     "WorkQueue",
     "ensure_streams",
+    "rejects",
     "stream_configs",
     "subjects",
     "trace_context",

@@ -24,7 +24,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate
 
 from microturn.bus import subjects
-from microturn.bus.errors import PublishError
+from microturn.bus.errors import PayloadTooLarge, PublishError
+from microturn.bus.rejects import clean_reason
 from microturn.bus.streams import ensure_streams
 from microturn.config import BusSettings
 
@@ -35,6 +36,8 @@ DEAD_REASON = "Microturn-Dead-Reason"
 DEAD_DELIVERIES = "Microturn-Deliveries"
 DEAD_SUBJECT = "Microturn-Original-Subject"
 DEAD_STREAM_SEQ = "Microturn-Original-Seq"
+DEAD_SIZE = "Microturn-Dead-Size"  # set when the body was cut to fit: the original size in bytes
+DEAD_REASON_CHARS = 500
 
 _TRANSIENT = (
     NatsTimeoutError,
@@ -43,6 +46,14 @@ _TRANSIENT = (
     ServiceUnavailableError,
     OSError,
 )
+
+
+def header_bytes(headers: Mapping[str, str]) -> int:
+    """Bytes the headers take on the wire (``NATS/1.0`` line, ``key: value`` lines, blank line);
+    the server counts them against its payload limit."""
+    if not headers:
+        return 0
+    return 12 + sum(len(k.encode()) + len(str(v).encode(errors="replace")) + 4 for k, v in headers.items())
 
 
 def trace_headers(headers: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -141,14 +152,15 @@ class Bus:
     ) -> PubAck:
         """Publish to JetStream and wait for the stream's ack; ``msg_id`` de-duplicates re-publishes."""
         payload = message if isinstance(message, bytes) else message.SerializeToString()
-        if len(payload) > self.settings.max_payload_bytes:
-            raise ValueError(
-                f"message for {subject} is {len(payload)} bytes, over bus.max_payload_bytes="
-                f"{self.settings.max_payload_bytes}"
-            )
         hdrs = dict(headers or {})
         if msg_id:
             hdrs[MSG_ID] = msg_id
+        size = len(payload) + header_bytes(hdrs)
+        if size > self.max_message_bytes:
+            raise PayloadTooLarge(
+                f"message for {subject} is {size} bytes with its headers, over the limit of "
+                f"{self.max_message_bytes} (bus.max_payload_bytes and the server's max_payload)"
+            )
         return await self.retrying(
             lambda: self.js.publish(subject, payload, headers=hdrs or None), f"publish {subject}"
         )
@@ -164,22 +176,38 @@ class Bus:
 
         return await self.retrying(get, f"read {stream}/{subject}")
 
+    @property
+    def max_message_bytes(self) -> int:
+        """Largest message (payload plus headers) this connection may send: the server closes a
+        connection that sends more, so this is checked before every publish."""
+        server = self.nc.max_payload or self.settings.max_payload_bytes
+        return min(self.settings.max_payload_bytes, server)
+
     async def dead_letter(self, kind: str, msg: Msg, reason: str) -> None:
-        """Copy a message that will not be retried to ``mt.dead.<kind>``, with why and how often it failed."""
+        """Copy a message that will not be retried to ``mt.dead.<kind>``, with why and how often it failed.
+
+        The reason is made header-safe and bounded; a body that would not fit beside the dead-letter
+        headers is cut (``Microturn-Dead-Size`` keeps the original size), so even a message at the size
+        limit can be dead-lettered."""
         meta = msg.metadata
         seq = meta.sequence.stream
+        msg_id = f"dead-{meta.stream}-{seq}"
         headers = {
-            DEAD_REASON: reason[:1000],
+            DEAD_REASON: clean_reason(reason, DEAD_REASON_CHARS),
             DEAD_DELIVERIES: str(meta.num_delivered),
             DEAD_SUBJECT: msg.subject,
             DEAD_STREAM_SEQ: str(seq),
         }
-        await self.publish(
-            subjects.dead_subject(kind), msg.data, msg_id=f"dead-{meta.stream}-{seq}", headers=headers
-        )
-        log.warning(
+        data = msg.data or b""
+        room = self.max_message_bytes - header_bytes({**headers, DEAD_SIZE: str(len(data)), MSG_ID: msg_id})
+        if len(data) > room:
+            headers[DEAD_SIZE] = str(len(data))
+            data = data[: max(room, 0)]
+        await self.publish(subjects.dead_subject(kind), data, msg_id=msg_id, headers=headers)
+        # Counted and logged (rate-limited) by the caller; one line per message would let a flood flood the logs.
+        log.debug(
             "dead-lettered %s #%s after %d deliveries: %s", msg.subject, seq, meta.num_delivered, reason
         )
 
 
-__all__ = ["Bus", "PublishError", "trace_context", "trace_headers"]
+__all__ = ["Bus", "PayloadTooLarge", "PublishError", "header_bytes", "trace_context", "trace_headers"]

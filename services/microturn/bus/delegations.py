@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
@@ -22,11 +23,80 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from microturn.bus import subjects
+from microturn.bus import rejects, subjects
 from microturn.bus.connection import Bus, trace_headers
-from microturn.v1 import delegation_pb2
+from microturn.bus.errors import Rejected
+from microturn.bus.rejects import Rejections
+from microturn.v1 import delegation_pb2, media_pb2
 
+log = logging.getLogger(__name__)
 CancelReason = delegation_pb2.CancelReason
+
+# What a UI card may carry: the ui_card tool's limits (it imports them from here). A card over them
+# did not come from the tool, and is cut to them before it goes to the client.
+CARD_TITLE_CHARS = 120
+CARD_BODY_CHARS = 2000
+CARD_FIELDS = 12
+CARD_FIELD_NAME_CHARS = 40
+CARD_FIELD_VALUE_CHARS = 200
+CARD_ID_CHARS = 64
+
+
+def cut_utf8(text: str, max_bytes: int) -> str:
+    """``text`` in at most ``max_bytes`` UTF-8 bytes, cut on a character boundary, with an ellipsis."""
+    data = text.encode()
+    if len(data) <= max_bytes:
+        return text
+    return data[: max(max_bytes - 3, 0)].decode("utf-8", "ignore") + "…"
+
+
+def _cut(text: str, max_chars: int, max_bytes: int) -> str:
+    return cut_utf8(text if len(text) <= max_chars else text[: max_chars - 1] + "…", max_bytes)
+
+
+def check_update(update: delegation_pb2.BackgroundUpdate, session_id: str, max_text_bytes: int) -> bool:
+    """Refuse (``Rejected``) an update a session reader cannot use, and cut what is over its limits
+    in place; True when something was cut.
+
+    Unusable: a delegation id that is not a bus id (it travels on to the client and its replay
+    window), an update naming another session than the subject it came on, or no content. Texts
+    are cut to ``max_text_bytes`` (the model's text-in is bounded; one oversized text would fail
+    the whole tick), cards to the ui_card tool's limits.
+    """
+    try:
+        subjects.check_id("delegation id", update.delegation_id)
+    except subjects.InvalidIdError as exc:
+        raise Rejected(rejects.INVALID_ID, str(exc)) from None
+    if update.session_id != session_id:
+        raise Rejected(
+            rejects.INVALID_FIELD,
+            f"update names session {update.session_id[:64]!r} but came on the subject of {session_id!r}",
+        )
+    kind = update.WhichOneof("kind")
+    if kind is None:
+        raise Rejected(rejects.NO_KIND, "the update carries no partial, final, card or error")
+    before = update.ByteSize()
+    if kind in ("partial", "final"):
+        part = getattr(update, kind)
+        part.text = cut_utf8(part.text, max_text_bytes)
+    elif kind == "error":
+        update.error.message = cut_utf8(update.error.message, max_text_bytes)
+    else:
+        _cut_card(update.ui_card, max_text_bytes)
+    return update.ByteSize() != before
+
+
+def _cut_card(card: media_pb2.UiCard, max_text_bytes: int) -> None:
+    card.card_id = card.card_id[:CARD_ID_CHARS]
+    card.title = _cut(card.title, CARD_TITLE_CHARS, max_text_bytes)
+    card.body = _cut(card.body, CARD_BODY_CHARS, max_text_bytes)
+    fields = list(card.fields.items())
+    if len(fields) > CARD_FIELDS or any(
+        len(k) > CARD_FIELD_NAME_CHARS or len(v) > CARD_FIELD_VALUE_CHARS for k, v in fields
+    ):
+        card.ClearField("fields")
+        for k, v in fields[:CARD_FIELDS]:
+            card.fields[k[:CARD_FIELD_NAME_CHARS]] = _cut(v, CARD_FIELD_VALUE_CHARS, max_text_bytes)
 
 
 @dataclass
@@ -60,6 +130,7 @@ class SessionUpdates:
         # Handed out, not acked yet: a redelivery (ack_wait passed) refreshes the held delivery
         # instead of being handed out twice; its ack then goes to the newest delivery.
         self._held: dict[int, UpdateDelivery] = {}
+        self.rejections = Rejections.for_kind("update", bus.settings)
 
     async def open(self) -> SessionUpdates:
         s = self.bus.settings
@@ -106,25 +177,44 @@ class SessionUpdates:
                 await asyncio.sleep(0.1)
                 continue
             for msg in msgs:
-                update = delegation_pb2.BackgroundUpdate()
-                try:
-                    update.ParseFromString(msg.data)
-                except Exception:
-                    await msg.term()  # nothing a reader can do with it
-                    continue
                 stream_seq = msg.metadata.sequence.stream
                 held = self._held.get(stream_seq)
                 if held is not None:
                     held.msg = msg
                     continue
+                update = delegation_pb2.BackgroundUpdate()
+                try:
+                    update.ParseFromString(msg.data)
+                    cut = check_update(update, self.session_id, self.bus.settings.max_update_text_bytes)
+                except Rejected as exc:
+                    await self._refuse(msg, exc.code, str(exc))
+                    continue
+                except Exception as exc:  # nothing a reader can do with it
+                    await self._refuse(msg, rejects.UNDECODABLE, f"not a BackgroundUpdate: {exc}")
+                    continue
+                if cut:
+                    self.rejections.record(
+                        rejects.TRUNCATED, f"update {update.delegation_id}:{update.seq} cut to its limits"
+                    )
                 key = (update.delegation_id, update.seq)
                 if key in self._seen:  # published twice (a re-run past the de-duplication window)
-                    await msg.ack()
+                    await _settle(msg.ack(), "ack a duplicate update")
                     continue
                 self._seen.add(key)
                 delivery = UpdateDelivery(update, msg, self._acked)
                 self._held[stream_seq] = delivery
                 return delivery
+
+    async def _refuse(self, msg: Msg, code: str, reason: str) -> None:
+        """Count and terminate an update no reader can use: it is not redelivered."""
+        self.rejections.record(code, reason, f" on {msg.subject} #{msg.metadata.sequence.stream}")
+        await _settle(msg.term(), "terminate a refused update")
+
+    async def drop(self, delivery: UpdateDelivery) -> None:
+        """Give up on an update already handed out (its taker failed on it): terminated, so it is
+        neither redelivered nor held."""
+        self._held.pop(delivery.msg.metadata.sequence.stream, None)
+        await _settle(delivery.msg.term(), "terminate a dropped update")
 
     def _acked(self, delivery: UpdateDelivery) -> None:
         self._held.pop(delivery.msg.metadata.sequence.stream, None)
@@ -137,6 +227,14 @@ class SessionUpdates:
         if delete:
             with contextlib.suppress(NotFoundError, Exception):
                 await self.bus.js.delete_consumer(subjects.UPDATES_STREAM, self.durable)
+
+
+async def _settle(op: Awaitable[object], what: str) -> None:
+    """Acks and terms are best effort: if one is lost the server redelivers, and the reader copes."""
+    try:
+        await op
+    except Exception as exc:
+        log.debug("could not %s: %s", what, exc)
 
 
 class DelegationClient:

@@ -21,3 +21,17 @@ class Defer(Exception):
 
 class PublishError(RuntimeError):
     """A publish did not reach JetStream within the publish timeout."""
+
+
+class Rejected(PermanentError):
+    """A message refused for what it is (undecodable, unusable ids, over a limit): it is dead-lettered
+    at once and counted under ``code``, a short fixed word, so a metric label cannot explode."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PayloadTooLarge(ValueError):
+    """A message (payload and headers) over the bus limit; sending it would make the server drop the
+    connection, so it is refused before it leaves."""

@@ -43,6 +43,11 @@ class InvalidIdError(ValueError):
     """An id cannot be used as a subject token."""
 
 
+def is_id(value: object) -> bool:
+    """Whether ``value`` can be used as a subject token (see :func:`check_id`)."""
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
+
+
 def check_id(kind: str, value: str) -> str:
     """Return ``value`` if it is a safe subject token (letters, digits, ``_``, ``-``; at most 128)."""
     if not isinstance(value, str) or not _ID.fullmatch(value):

@@ -21,8 +21,10 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
+from microturn.bus import rejects
 from microturn.bus.connection import Bus
-from microturn.bus.errors import Defer, PermanentError
+from microturn.bus.errors import Defer, PermanentError, PublishError, Rejected
+from microturn.bus.rejects import Rejections
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,8 @@ class WorkQueue:
 
     ``max_attempts``: deliveries before dead-lettering (default ``bus.max_attempts``; None: unbounded,
     for queues whose handler defers by design, like timers). ``on_dead`` runs before a message is
-    dead-lettered, e.g. to tell the session its delegation was given up.
+    dead-lettered, e.g. to tell the session its delegation was given up. Every dead letter is counted
+    in ``rejections`` (default: the counter of ``kind``) under a code saying why.
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class WorkQueue:
         concurrency: int,
         max_attempts: int | None = FROM_SETTINGS,
         on_dead: DeadHook | None = None,
+        rejections: Rejections | None = None,
     ) -> None:
         self.bus = bus
         self.stream = stream
@@ -74,6 +78,7 @@ class WorkQueue:
         self.concurrency = concurrency
         self.max_attempts = bus.settings.max_attempts if max_attempts == FROM_SETTINGS else max_attempts
         self.on_dead = on_dead
+        self.rejections = rejections or Rejections.for_kind(kind, bus.settings)
         self._sub: JetStreamContext.PullSubscription | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -147,7 +152,9 @@ class WorkQueue:
         attempt = Attempt(msg.metadata.num_delivered, self.max_attempts)
         if self.max_attempts is not None and attempt.number > self.max_attempts:
             await self._dead(
-                msg, f"gave up: delivered {attempt.number} times without an ack (worker crashes?)"
+                msg,
+                f"gave up: delivered {attempt.number} times without an ack (worker crashes?)",
+                rejects.CRASH_LOOP,
             )
             return
         heartbeat = asyncio.create_task(self._keep_alive(msg))
@@ -159,20 +166,36 @@ class WorkQueue:
                 await msg.nak()
             raise
         except Defer as d:
-            await self._settle(msg.nak(delay=max(d.delay_s, 0.001)))
+            await self._settle(msg.nak(delay=self._delay(d.delay_s)))
+        except Rejected as exc:
+            await self._dead(msg, f"rejected: {exc}", exc.code)
         except PermanentError as exc:
-            await self._dead(msg, f"permanent error: {exc}")
+            await self._dead(msg, f"permanent error: {exc}", rejects.PERMANENT)
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             if attempt.is_last:
-                await self._dead(msg, f"failed {attempt.number} times, last: {reason}")
+                await self._dead(msg, f"failed {attempt.number} times, last: {reason}", rejects.GAVE_UP)
             else:
-                log.warning("attempt %d on %s failed, retrying: %s", attempt.number, msg.subject, reason)
-                await self._settle(msg.nak(delay=self.bus.settings.retry_delay_s * attempt.number))
+                self.rejections.warn(
+                    "retry",
+                    "attempt %d on %s failed, retrying: %s",
+                    attempt.number,
+                    msg.subject,
+                    reason[:300],
+                )
+                delay = self.bus.settings.retry_delay_s * attempt.number
+                await self._settle(msg.nak(delay=self._delay(delay)))
         else:
             await self._ack(msg)
         finally:
             heartbeat.cancel()
+
+    def _delay(self, delay_s: float) -> float:
+        """A nak delay the server can take: positive and at most ``bus.max_defer_s``. (A delay past
+        int64 nanoseconds is not understood, and the message would come straight back, for ever.)"""
+        if not delay_s > 0:  # also NaN
+            return 0.001
+        return min(delay_s, self.bus.settings.max_defer_s)
 
     async def _keep_alive(self, msg: Msg) -> None:
         period = max(self.bus.settings.ack_wait_s / 3, 0.05)
@@ -191,15 +214,25 @@ class WorkQueue:
         except Exception as exc:
             log.warning("could not settle a message on %s: %s", self.durable, exc)
 
-    async def _dead(self, msg: Msg, reason: str) -> None:
+    async def _dead(self, msg: Msg, reason: str, code: str) -> None:
+        """Dead-letter, then count (once the message is settled, so a retried copy is not counted twice)."""
+        where = f" on {msg.subject} #{msg.metadata.sequence.stream}"
         if self.on_dead is not None:
             try:
                 await self.on_dead(msg, reason)
-            except Exception:
-                log.exception("dead-letter hook failed")
+            except Exception as exc:
+                self.rejections.warn("hook", "dead-letter hook failed: %s: %s", type(exc).__name__, exc)
         try:
             await self.bus.dead_letter(self.kind, msg, reason)
-        except Exception:
-            log.exception("could not dead-letter %s; leaving it for redelivery", msg.subject)
+        except PublishError as exc:  # NATS away: the message comes back and is dead-lettered then
+            log.warning("could not dead-letter %s (%s); leaving it for redelivery", msg.subject, exc)
+            return
+        except Exception as exc:  # the copy itself was refused: retrying cannot help, drop it
+            log.error(
+                "could not dead-letter %s (%s: %s); terminating it", msg.subject, type(exc).__name__, exc
+            )
+            await self._settle(msg.term())
+            self.rejections.record(code, reason, where)
             return
         await self._ack(msg)
+        self.rejections.record(code, reason, where)

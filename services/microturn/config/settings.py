@@ -96,7 +96,10 @@ class InteractionSettings(_Section):
     tick_grace_ms: int = Field(30, ge=0, le=150, description="wait after each boundary for late chunks")
     session_slots: int = Field(32, ge=1, le=4096)
     max_pending_chunks: int = Field(
-        10, ge=1, le=1000, description="chunks whose media has not ended a session may queue (a sender ahead of real time)"
+        10,
+        ge=1,
+        le=1000,
+        description="chunks whose media has not ended a session may queue (a sender ahead of real time)",
     )
     max_backlog_chunks: int = Field(
         300,
@@ -106,7 +109,10 @@ class InteractionSettings(_Section):
         "above it the oldest are dropped, each with a DROPPED error",
     )
     spare_work_guard_ms: int = Field(
-        30, ge=0, le=500, description="rebuild/catch-up work between ticks stops this long before the next tick"
+        30,
+        ge=0,
+        le=500,
+        description="rebuild/catch-up work between ticks stops this long before the next tick",
     )
     detach_timeout_s: float = Field(
         30.0, ge=0, le=3600, description="keep a session whose stream dropped this long for a reconnect"

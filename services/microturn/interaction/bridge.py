@@ -15,12 +15,13 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from microturn.bus import Bus, DelegationClient, SessionUpdates
+from microturn.bus import Bus, DelegationClient, Rejections, SessionUpdates, rejects
 from microturn.config import Settings
 from microturn.v1 import delegation_pb2, media_pb2
 
 log = logging.getLogger(__name__)
 
+FOLLOW_RETRY_S = 1.0  # wait before reopening a session's updates after a failure
 UpdateSink = Callable[[str, delegation_pb2.BackgroundUpdate, Callable[[], object]], None]
 
 
@@ -77,14 +78,40 @@ class DelegationBridge:
             self._followers[session_id] = asyncio.create_task(self._follow(session_id))
 
     async def _follow(self, session_id: str) -> None:
+        """Hand the session's updates to the sink until the session ends.
+
+        Whatever goes wrong (the consumer cannot be opened while NATS is away, an update the sink
+        chokes on) is logged and counted, and following goes on: a dead follower would leave the
+        session without updates for the rest of its life. Updates are validated and cut to their
+        limits by ``SessionUpdates`` before they get here."""
         await self._connected.wait()
         assert self.client is not None
-        updates: SessionUpdates = await self.client.session_updates(session_id)
-        try:
-            async for delivery in updates:
-                self.sink(session_id, delivery.update, delivery.ack)
-        finally:
-            await updates.close(delete=False)
+        rejections = Rejections.for_kind("update", self.settings.bus)
+        while True:
+            try:
+                updates: SessionUpdates = await self.client.session_updates(session_id)
+            except Exception as exc:
+                rejections.warn("follow", "cannot follow updates of %s yet (%s); retrying", session_id, exc)
+                await asyncio.sleep(FOLLOW_RETRY_S)
+                continue
+            try:
+                async for delivery in updates:
+                    try:
+                        self.sink(session_id, delivery.update, delivery.ack)
+                    except Exception as exc:
+                        # Deterministic for this update: terminate it rather than hold it for ever.
+                        rejections.record(
+                            rejects.HANDLER_FAILED,
+                            f"update {delivery.update.delegation_id}:{delivery.update.seq}: "
+                            f"{type(exc).__name__}: {exc}",
+                            f" for {session_id}",
+                        )
+                        await updates.drop(delivery)
+            except Exception as exc:
+                rejections.warn("follow", "following updates of %s failed (%s); reopening", session_id, exc)
+                await asyncio.sleep(FOLLOW_RETRY_S)
+            finally:
+                await updates.close(delete=False)
 
     async def end(self, session_id: str, cancel: bool) -> None:
         """Stop following a session; ``cancel`` (the session closed) also cancels its delegations

@@ -148,6 +148,14 @@ class _Evaluator:
             len(args) != 1 or not isinstance(args[0], int) or not 0 <= args[0] <= self.limits.max_factorial
         ):
             raise CalculatorError(f"factorial takes one whole number from 0 to {self.limits.max_factorial}")
+        # round(x, -n) on a whole number computes 10**n first: bound n like an exponent.
+        if (
+            name == "round"
+            and len(args) == 2
+            and isinstance(args[1], int)
+            and abs(args[1]) > self.limits.max_exponent
+        ):
+            raise CalculatorError(f"round: at most {self.limits.max_exponent} digits either way")
         try:
             value = FUNCTIONS[name](*args)
         except (ValueError, TypeError) as exc:

@@ -15,7 +15,7 @@ from typing import Any
 
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from microturn.bus import Bus, subjects, trace_headers
+from microturn.bus import Bus, Rejections, rejects, subjects, trace_headers
 from microturn.v1 import tools_pb2
 
 Code = tools_pb2.ToolErrorCode
@@ -31,6 +31,7 @@ class ToolClient:
     def __init__(self, bus: Bus, timeout_s: float = 15.0) -> None:
         self.bus = bus
         self.timeout_s = timeout_s
+        self.rejections = Rejections.for_kind("tool_result", bus.settings)
 
     async def call(
         self,
@@ -60,6 +61,26 @@ class ToolClient:
             timeout = min(timeout, max(deadline_unix_ms / 1000 - time.time(), 0.001))
         return await self.send(call, timeout)
 
+    def _read(self, call: tools_pb2.ToolCall, data: bytes) -> tools_pb2.ToolResult:
+        """The result on the result subject; anything else there is a typed error, not a crash."""
+        result = tools_pb2.ToolResult()
+        try:
+            result.ParseFromString(data)
+            if result.call_id != call.call_id or result.WhichOneof("outcome") is None:
+                raise ValueError("not the result of this call")
+        except Exception as exc:
+            self.rejections.record(
+                rejects.UNDECODABLE, f"result of {call.tool[:64]} call {call.call_id}: {exc}"
+            )
+            return tools_pb2.ToolResult(
+                call_id=call.call_id,
+                error=tools_pb2.ToolError(
+                    code=Code.TOOL_ERROR_CODE_EXECUTION_FAILED,
+                    message=f"{call.tool[:64]}: the tool service sent an unreadable result",
+                ),
+            )
+        return result
+
     async def send(self, call: tools_pb2.ToolCall, timeout_s: float) -> tools_pb2.ToolResult:
         subject = subjects.tool_result_subject(call.call_id)
         sub = await self.bus.nc.subscribe(subject)
@@ -76,9 +97,7 @@ class ToolClient:
                     if stored is None:
                         continue
                     data = stored.data
-                result = tools_pb2.ToolResult()
-                result.ParseFromString(data)
-                return result
+                return self._read(call, data)
             return tools_pb2.ToolResult(
                 call_id=call.call_id,
                 error=tools_pb2.ToolError(

@@ -1,8 +1,10 @@
 """Run one tool call under its limits, turning every failure into a typed ToolResult error.
 
-The order of checks is the order of cost: name, argument size, schema name, JSON, JSON schema, then
-the tool itself under its timeout (or the call's deadline, if sooner), then the result size.
-Nothing a caller sends raises out of :meth:`ToolExecutor.execute`.
+The order of checks is the order of cost: name, argument size, schema name, caller ids, JSON (no
+unpaired surrogates: a result echoing one could not be sent), JSON schema, then the tool itself
+under its timeout (or the call's deadline, if sooner), then the result size. Whole-number floats
+(``3.0``) given for integer arguments reach the tool as ints. Nothing a caller sends raises out of
+:meth:`ToolExecutor.execute`.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
+from microturn.bus import subjects
+from microturn.telemetry import RateLimitedLog
 from microturn.tools.registry import TimerScheduler, Tool, ToolContext, ToolFailed, ToolRegistry
 from microturn.v1 import tools_pb2
 
 log = logging.getLogger(__name__)
+crash_log = RateLimitedLog(log)  # a crash on hostile input must not become a traceback per call
 Code = tools_pb2.ToolErrorCode
 
 
@@ -47,6 +52,20 @@ class ToolExecutor:
             result = tools_pb2.ToolResult(
                 call_id=call.call_id, error=tools_pb2.ToolError(code=err.code, message=err.message)
             )
+        except Exception as exc:  # a bug, but the caller still gets an answer and the service goes on
+            crash_log.log(
+                "executor",
+                "tool call %s failed unexpectedly: %s",
+                call.call_id,
+                type(exc).__name__,
+                exc_info=True,
+            )
+            result = tools_pb2.ToolResult(
+                call_id=call.call_id,
+                error=tools_pb2.ToolError(
+                    code=Code.TOOL_ERROR_CODE_EXECUTION_FAILED, message=f"{call.tool[:64]}: internal error"
+                ),
+            )
         result.duration_us = min(int((time.perf_counter() - start) * 1e6), 2**32 - 1)
         return result
 
@@ -72,8 +91,8 @@ class ToolExecutor:
             ) from None
         except ToolFailed as exc:
             raise _Error(Code.TOOL_ERROR_CODE_EXECUTION_FAILED, f"{tool.name}: {exc}") from None
-        except Exception:
-            log.exception("tool %s crashed", tool.name)
+        except Exception as exc:
+            crash_log.log(tool.name, "tool %s crashed: %s", tool.name, type(exc).__name__, exc_info=True)
             raise _Error(Code.TOOL_ERROR_CODE_EXECUTION_FAILED, f"{tool.name}: internal error") from None
         try:
             out = json.dumps(value, ensure_ascii=False, allow_nan=False)
@@ -101,6 +120,12 @@ class ToolExecutor:
                 Code.TOOL_ERROR_CODE_INVALID_ARGUMENTS,
                 f"{tool.name}: schema {call.schema[:64]!r} does not match the tool's {tool.schema!r}",
             )
+        for name, value in (("session_id", call.session_id), ("delegation_id", call.delegation_id)):
+            if value and not subjects.is_id(value):
+                raise _Error(
+                    Code.TOOL_ERROR_CODE_INVALID_ARGUMENTS,
+                    f"{tool.name}: {name} must be 1-128 letters, digits, '_' or '-' (got {len(value)} characters)",
+                )
         try:
             args = json.loads(call.arguments_json or "{}")
         except (ValueError, RecursionError) as exc:
@@ -112,10 +137,43 @@ class ToolExecutor:
                 Code.TOOL_ERROR_CODE_INVALID_ARGUMENTS,
                 f"{tool.name}: arguments must be a JSON object, got {type(args).__name__}",
             )
+        if _has_lone_surrogate(args):
+            raise _Error(
+                Code.TOOL_ERROR_CODE_INVALID_ARGUMENTS,
+                f"{tool.name}: arguments hold an unpaired UTF-16 surrogate (\\ud800-\\udfff), which is not text",
+            )
         error = best_match(self._validators[tool.name].iter_errors(args))
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "arguments"
             raise _Error(
                 Code.TOOL_ERROR_CODE_INVALID_ARGUMENTS, f"{tool.name}: {where}: {error.message[:300]}"
             )
-        return args
+        return _whole_numbers(tool, args)
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Any string (key or value) in a parsed JSON value that is not encodable as UTF-8: JSON allows
+    ``"\\ud800"`` escapes, but protobuf strings (the result, the logs' JSON) cannot carry them."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode()
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
+
+
+def _whole_numbers(tool: Tool, args: dict[str, Any]) -> dict[str, Any]:
+    """JSON Schema counts ``3.0`` as an integer; the tools index and count with it, so hand them ``3``."""
+    props = tool.parameters.get("properties", {})
+    for key, value in args.items():
+        if isinstance(value, float) and props.get(key, {}).get("type") == "integer":
+            args[key] = int(value)
+    return args

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 from opentelemetry import trace
 
+from microturn.bus import subjects
 from microturn.telemetry import session_attributes
 from microturn.tools.executor import ToolExecutor
 from microturn.tools.metrics import record_call
@@ -23,8 +24,9 @@ class ToolsServicer(tools_pb2_grpc.ToolsServicer):
         with tracer.start_as_current_span(
             f"tool {request.tool[:40]}",
             attributes={
-                **session_attributes(request.session_id),
-                "tool.call_id": request.call_id,
+                # only ids that are ids go on the span (the executor refuses the others)
+                **session_attributes(request.session_id if subjects.is_id(request.session_id) else ""),
+                "tool.call_id": request.call_id[:128],
                 "rpc.system": "grpc",
             },
         ):

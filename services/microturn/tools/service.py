@@ -35,7 +35,7 @@ class ToolsService:
             await self.index.load()
         self.bus = await Bus.connect(s.nats.client_url, s.bus, name="microturn-tools")
         executor = ToolExecutor(build_registry(s.tools, self.index), timers=BusTimerScheduler(self.bus))
-        self.worker = ToolWorker(self.bus, executor, s.tools.concurrency)
+        self.worker = ToolWorker(self.bus, executor, s.tools.concurrency, s.tools.max_timer_s)
         await self.worker.start()
         if s.tools.grpc_enabled:
             self.grpc = await start_grpc(

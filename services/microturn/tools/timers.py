@@ -12,6 +12,8 @@ from typing import Any
 from microturn.bus import Bus, subjects, trace_headers
 from microturn.tools.registry import Tool, ToolContext, ToolFailed
 
+MAX_LABEL_CHARS = 200
+
 
 class BusTimerScheduler:
     def __init__(self, bus: Bus) -> None:
@@ -75,7 +77,7 @@ def timer_tool(max_seconds: int) -> Tool:
             "type": "object",
             "properties": {
                 "seconds": {"type": "integer", "minimum": 1, "maximum": max_seconds},
-                "label": {"type": "string", "maxLength": 200},
+                "label": {"type": "string", "maxLength": MAX_LABEL_CHARS},
             },
             "required": ["seconds"],
             "additionalProperties": False,

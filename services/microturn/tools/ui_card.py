@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from microturn.bus.delegations import (
+    CARD_BODY_CHARS,
+    CARD_FIELD_NAME_CHARS,
+    CARD_FIELD_VALUE_CHARS,
+    CARD_FIELDS,
+    CARD_ID_CHARS,
+    CARD_TITLE_CHARS,
+)
 from microturn.tools.registry import Tool, ToolContext
 
-MAX_FIELDS = 12
+MAX_FIELDS = CARD_FIELDS  # the session reader cuts any card to the same limits
 
 
 def ui_card_tool() -> Tool:
@@ -25,15 +33,15 @@ def ui_card_tool() -> Tool:
         parameters={
             "type": "object",
             "properties": {
-                "title": {"type": "string", "minLength": 1, "maxLength": 120},
-                "body": {"type": "string", "maxLength": 2000},
+                "title": {"type": "string", "minLength": 1, "maxLength": CARD_TITLE_CHARS},
+                "body": {"type": "string", "maxLength": CARD_BODY_CHARS},
                 "fields": {
                     "type": "object",
                     "maxProperties": MAX_FIELDS,
-                    "propertyNames": {"maxLength": 40},
-                    "additionalProperties": {"type": "string", "maxLength": 200},
+                    "propertyNames": {"maxLength": CARD_FIELD_NAME_CHARS},
+                    "additionalProperties": {"type": "string", "maxLength": CARD_FIELD_VALUE_CHARS},
                 },
-                "card_id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                "card_id": {"type": "string", "pattern": f"^[A-Za-z0-9_-]{{1,{CARD_ID_CHARS}}}$"},
             },
             "required": ["title"],
             "additionalProperties": False,
