@@ -6,6 +6,11 @@ puts into the request metadata), with strict affinity (no fallback replica: a se
 lives on exactly one replica, and a replica that is full answers OVER_CAPACITY itself). When a
 replica goes away the ring is rebuilt and its sessions move to their next owner, where the client
 replays them.
+
+One fix on top of Serve's router: when a request finds its replica's actor dead, Serve drops the
+replica from the router's set but not from the hash ring, so a session mapped to it finds no
+candidate at all until the controller's next broadcast (seconds). Here the ring is rebuilt at once,
+so a recovering session reaches its next owner on the first retry.
 """
 
 from __future__ import annotations
@@ -21,6 +26,10 @@ APPLICATION_METADATA_KEY = "application"
 
 class SessionAffinityRouter(ConsistentHashRouter):
     """Consistent hashing on the session id (the deployment's router, named in the Serve config)."""
+
+    def on_replica_actor_died(self, replica_id) -> None:
+        super().on_replica_actor_died(replica_id)
+        self._rebuild_ring(frozenset(self._replica_id_set))
 
 
 def router_config(num_virtual_nodes: int = 100) -> dict[str, Any]:

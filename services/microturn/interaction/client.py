@@ -58,18 +58,21 @@ class InteractionSession:
         window_chunks: int | None = None,
         max_recoveries: int = 10,
         stall_timeout_s: float = 2.0,
+        open_timeout_s: float = 1.0,
         hop: str = "client",
     ) -> None:
         """``window_chunks``: answered chunks kept for a replay (default: the replica's
         ``resume_span_chunks``, the fewest an exact rebuild needs). ``stall_timeout_s``: with chunks in
         flight and no message for this long, the stream counts as lost (a replica that hangs, or a
-        network that drops packets silently, is noticed without waiting for TCP)."""
+        network that drops packets silently, is noticed without waiting for TCP). ``open_timeout_s``: a
+        reopen not answered this long is tried again (a stream routed to a replica that just died)."""
         self.stub = interaction_pb2_grpc.InteractionStub(channel)
         self.app_name, self.session_id, self.seed = app_name, session_id, seed
         self.t0_ms, self.chunk_ms = t0_ms, chunk_ms
         self.window_chunks = window_chunks
         self.max_recoveries = max_recoveries
         self.stall_timeout_s = stall_timeout_s
+        self.open_timeout_s = open_timeout_s
         self.hop = hop
         self.window: OrderedDict[int, media_pb2.InputChunk] = OrderedDict()
         self.next_index = 0  # next chunk to send
@@ -102,7 +105,7 @@ class InteractionSession:
         for k in range(first, live_from):  # the replay
             await call.write(interaction_pb2.ClientMessage(chunk=self.window[k]))
         try:
-            async with asyncio.timeout(self.stall_timeout_s + 0.01 * (live_from - first)):
+            async with asyncio.timeout(self.open_timeout_s + 0.01 * (live_from - first)):
                 reply = await call.read()
         except TimeoutError:
             call.cancel()
@@ -146,7 +149,7 @@ class InteractionSession:
             except (grpc.aio.AioRpcError, ConnectionError) as exc:
                 log.info("session %s: reopen failed (%s); retrying", self.session_id, exc)
                 await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, 1.0)
 
     # -- traffic -------------------------------------------------------------------------------
     async def send(self, chunk: media_pb2.InputChunk) -> None:

@@ -450,7 +450,7 @@ class InteractionCore:
         """Count and log (rate-limited) an error about to be sent to a client."""
         name = interaction_pb2.ErrorCode.Name(exc.code)
         self._m_errors.add(1, {"code": name})
-        self._errlog.warning(name, f"{name}: {exc.message}", **{"session.id": session_id})
+        self._errlog.log(name, f"{name}: {exc.message}", **{"session.id": session_id})
         return exc
 
     def _send_error(self, session: Session, exc: StreamError) -> None:
