@@ -165,15 +165,15 @@ async def test_hostile_replays_get_protocol_errors(core_server):
     await sess.close()
 
     async def replay(chunks, live_from: int) -> interaction_pb2.Error:
-        call = sess.stub.Converse()
-        await call.write(
+        msgs = [
             interaction_pb2.ClientMessage(
                 open=interaction_pb2.OpenSession(session_id="hostile", first_chunk_index=0,
                                                  first_media_start_unix_ms=t0, live_from_chunk_index=live_from)
-            )
-        )  # fmt: skip
-        for c in chunks:
-            await call.write(interaction_pb2.ClientMessage(chunk=c))
+            ),
+            *(interaction_pb2.ClientMessage(chunk=c) for c in chunks),
+        ]  # fmt: skip
+        # a request iterator: grpc stops sending by itself when the replica ends the stream early
+        call = sess.stub.Converse(iter(msgs))
         msg = await asyncio.wait_for(call.read(), 10)
         call.cancel()
         return msg.error

@@ -21,7 +21,9 @@ from .conftest import chunk_for, new_session, session_origin, tiny_model
 Code = interaction_pb2.ErrorCode
 
 
-async def test_drain_sends_unknown_session_and_refuses_new_streams(core_server):
+async def test_drain_says_draining_then_closes_what_did_not_move(core_server):
+    """A client that does not move its session is told DRAINING, keeps being served until the drain
+    times out, then gets UNKNOWN_SESSION; new streams are refused while draining."""
     core, channel = core_server
     t0 = session_origin()
     sess = new_session(channel, "s-drain", t0)
@@ -29,14 +31,19 @@ async def test_drain_sends_unknown_session_and_refuses_new_streams(core_server):
     call = sess._call
     await call.write(interaction_pb2.ClientMessage(chunk=chunk_for("s-drain", 0, t0)))
     assert (await asyncio.wait_for(call.read(), 10)).chunk.header.chunk_index == 0
-    await core.drain()
+    drain = asyncio.create_task(core.drain(timeout_s=1.0))
     err = (await asyncio.wait_for(call.read(), 10)).error
-    assert err.code == Code.ERROR_CODE_UNKNOWN_SESSION and err.retryable and "shutting down" in err.message
-    assert "s-drain" not in core.sessions and core.engine.free_slots == core.cfg.session_slots
+    assert err.code == Code.ERROR_CODE_DRAINING and err.retryable and "serves it until then" in err.message
+    await call.write(interaction_pb2.ClientMessage(chunk=chunk_for("s-drain", 1, t0)))
+    assert (await asyncio.wait_for(call.read(), 10)).chunk.header.chunk_index == 1  # still served
     other = new_session(channel, "s-after", t0)
     with pytest.raises(Exception) as exc:
         await other.open()
     assert exc.value.error.code == Code.ERROR_CODE_DRAINING and exc.value.error.retryable
+    err = (await asyncio.wait_for(call.read(), 10)).error
+    assert err.code == Code.ERROR_CODE_UNKNOWN_SESSION and err.retryable and "shutting down" in err.message
+    await drain
+    assert "s-drain" not in core.sessions and core.engine.free_slots == core.cfg.session_slots
 
 
 async def test_health_reflects_the_tick_loop(core_server):

@@ -117,6 +117,13 @@ class InteractionSettings(_Section):
     detach_timeout_s: float = Field(
         30.0, ge=0, le=3600, description="keep a session whose stream dropped this long for a reconnect"
     )
+    drain_timeout_s: float = Field(
+        8.0,
+        ge=0,
+        le=3600,
+        description="a draining replica serves its sessions this long while their clients move them "
+        "(keep it under the Serve graceful_shutdown_timeout_s)",
+    )
     retry_after_ms: int = Field(1000, ge=0, le=60_000, description="suggested wait in over-capacity errors")
     context_utterances: int = Field(32, ge=1, le=1024, description="utterances kept for delegation context")
     delegation_deadline_s: float = Field(30.0, gt=0, le=3600)
@@ -182,7 +189,6 @@ class EdgeSettings(_Section):
     playout_max_ms: int = Field(
         600, ge=100, le=10_000, description="output jitter buffer bound; older audio dropped"
     )
-    replay_window_chunks: int = Field(1500, ge=10, le=1_000_000, description="input chunks kept for recovery")
 
     _check_ports = field_validator("port")(_port)
 

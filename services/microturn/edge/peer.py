@@ -203,7 +203,6 @@ class EdgeSession:
             seed=secrets.randbits(31),
             t0_ms=self.t0_ms,
             chunk_ms=self.limits.chunk_ms,
-            window_chunks=self.cfg.replay_window_chunks,
             hop="edge",
         )
         delay = 0.5

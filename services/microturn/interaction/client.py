@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from asyncio import FIRST_COMPLETED
 from collections import OrderedDict
 
 import grpc
@@ -26,7 +27,7 @@ from microturn.v1 import interaction_pb2, interaction_pb2_grpc, media_pb2
 
 log = logging.getLogger(__name__)
 
-RECOVERABLE = {Code.ERROR_CODE_UNKNOWN_SESSION, Code.ERROR_CODE_DRAINING}
+RECOVERABLE = {Code.ERROR_CODE_UNKNOWN_SESSION, Code.ERROR_CODE_DRAINING}  # DRAINING: migrate first
 # RESOURCE_EXHAUSTED: Serve's queue in front of the replicas was full (backpressure).
 RECOVERABLE_STATUS = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL,
                       grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED, grpc.StatusCode.RESOURCE_EXHAUSTED}  # fmt: skip
@@ -43,6 +44,10 @@ class SessionRejected(Exception):
 
 class SessionClosed(Exception):
     """The stream ended after this client closed the session."""
+
+
+class _NextStreamFailed(Exception):
+    """The stream opened for a planned migration broke before taking over."""
 
 
 class InteractionSession:
@@ -84,12 +89,27 @@ class InteractionSession:
         self._closing = False
         self._sent_at: dict[int, float] = {}  # chunk index -> loop time it was sent, until answered
         self._last_message = 0.0  # loop time of the last message read
+        # a planned migration (the replica said DRAINING): the stream being opened on the next owner
+        self._migration: asyncio.Future | None = None
+        self._next_call: grpc.aio.StreamStreamCall | None = None
+        self._next_accepted: interaction_pb2.SessionAccepted | None = None
+        self._next_read: asyncio.Task | None = None
+        self.migrations = 0
 
     # -- opening and recovery ------------------------------------------------------------------
     async def open(self) -> interaction_pb2.SessionAccepted:
         return await self._open(first=0, live_from=0)
 
     async def _open(self, first: int, live_from: int) -> interaction_pb2.SessionAccepted:
+        call, accepted = await self._connect(first, live_from)
+        self._call = call  # from here on send() writes directly (no await since _connect's last write)
+        return accepted
+
+    async def _connect(
+        self, first: int, live_from: int
+    ) -> tuple[grpc.aio.StreamStreamCall, interaction_pb2.SessionAccepted]:
+        """A new stream: OpenSession, the replay, then every chunk not yet answered. The caller registers
+        the call right away (no await in between), so the chunks ``send`` adds later reach it too."""
         call = self.stub.Converse(metadata=stream_metadata(self.app_name, self.session_id))
         await call.write(
             interaction_pb2.ClientMessage(
@@ -121,8 +141,12 @@ class InteractionSession:
         while k < self.next_index:  # chunks in flight when the last stream broke, and new ones
             await call.write(interaction_pb2.ClientMessage(chunk=self.window[k]))
             k += 1
-        self._call = call  # from here on send() writes directly (no await since the check above)
-        return reply.accepted
+        return call, reply.accepted
+
+    def _replay_range(self) -> tuple[int, int]:
+        live_from = self.answered + 1
+        span = self.accepted.resume_span_chunks if self.accepted is not None else 0
+        return max(next(iter(self.window), live_from), live_from - span), live_from
 
     async def recover(self) -> interaction_pb2.SessionAccepted:
         """Reopen on the session's current owner, replaying what was answered."""
@@ -132,9 +156,7 @@ class InteractionSession:
             raise ConnectionError(
                 f"session {self.session_id}: gave up after {self.max_recoveries} recoveries"
             )
-        live_from = self.answered + 1
-        span = self.accepted.resume_span_chunks if self.accepted is not None else 0
-        first = max(next(iter(self.window), live_from), live_from - span)
+        first, live_from = self._replay_range()
         delay = 0.05
         while True:
             try:
@@ -151,6 +173,52 @@ class InteractionSession:
                 await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
+    # -- planned migration ---------------------------------------------------------------------
+    def _start_migration(self) -> None:
+        """The replica is draining but still serving: open the session's next owner in the background
+        (make before break). ``receive`` switches over when the new stream's output catches up."""
+        if self._migration is None and self._next_call is None:
+            self._migration = asyncio.ensure_future(self._migrate())
+
+    async def _migrate(self) -> None:
+        delay = 0.05
+        for _ in range(self.max_recoveries):
+            first, live_from = self._replay_range()
+            try:
+                call, accepted = await self._connect(first, live_from)
+                self._next_call, self._next_accepted = call, accepted
+                log.info("session %s: migrating to replica %s (replayed %d chunks)",
+                         self.session_id, accepted.replica_id, live_from - first)  # fmt: skip
+                return
+            except SessionRejected as exc:
+                if not exc.error.retryable:
+                    raise
+                await asyncio.sleep(max(delay, exc.error.retry_after_ms / 1000))
+            except (grpc.aio.AioRpcError, ConnectionError) as exc:
+                log.info("session %s: migration attempt failed (%s)", self.session_id, exc)
+                await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _drop_migration(self) -> None:
+        for t in (self._migration, self._next_read):
+            if t is not None:
+                t.cancel()
+        if self._next_call is not None:
+            self._next_call.cancel()
+        self._migration = self._next_read = self._next_call = None
+
+    def _switch_to_next(self) -> None:
+        """The new owner has caught up: it becomes the stream; the draining one is let go."""
+        assert self._next_call is not None and self._next_accepted is not None
+        if self._read is not None:
+            self._read.cancel()
+        if self._call is not None:
+            self._call.cancel()
+        self._call, self._read, self.accepted = self._next_call, self._next_read, self._next_accepted
+        self._next_call = self._next_read = self._migration = None
+        self.migrations += 1
+        log.info("session %s: migrated to replica %s", self.session_id, self.accepted.replica_id)
+
     # -- traffic -------------------------------------------------------------------------------
     async def send(self, chunk: media_pb2.InputChunk) -> None:
         """Send the next chunk (its index must be ``next_index``)."""
@@ -165,20 +233,28 @@ class InteractionSession:
                 raise RuntimeError("open() the session first")
             return  # recovering: the reopened stream sends it from the window
         # A broken stream is noticed (and recovered) by the read side; the chunk is in the window.
-        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
-            await self._call.write(interaction_pb2.ClientMessage(chunk=chunk))
+        msg = interaction_pb2.ClientMessage(chunk=chunk)
+        for call in (self._call, self._next_call):
+            if call is not None:
+                with contextlib.suppress(
+                    grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError
+                ):
+                    await call.write(msg)
 
     async def receive(self) -> interaction_pb2.ServerMessage:
-        """The next output chunk or (non-recoverable) error; recovers transparently."""
+        """The next output chunk or (non-recoverable) error; recovers and migrates transparently."""
         while True:
             assert self._call is not None, "open() first"
             try:
-                msg = await self._read_or_stall()
+                from_next, msg = await self._read_or_stall()
             except TimeoutError:
                 log.info(
                     "session %s: no output for %.1f s; recovering", self.session_id, self.stall_timeout_s
                 )
-                await self.recover()
+                await self._recover_or_switch()
+                continue
+            except _NextStreamFailed:
+                self._drop_migration()
                 continue
             except grpc.aio.AioRpcError as exc:
                 if self._closing:
@@ -186,35 +262,71 @@ class InteractionSession:
                 if exc.code() not in RECOVERABLE_STATUS:
                     raise
                 log.info("session %s: stream failed (%s); recovering", self.session_id, exc.code().name)
-                await self.recover()
+                await self._recover_or_switch()
                 continue
             if msg is grpc.aio.EOF:
                 if self._closing:
                     raise SessionClosed(self.session_id)
-                await self.recover()
+                await self._recover_or_switch()
                 continue
             kind = msg.WhichOneof("kind")
-            if kind == "error" and msg.error.code in RECOVERABLE:
-                await self.recover()
+            if from_next:
+                if kind != "chunk":  # the new owner failed before taking over: stay, try again later
+                    self._drop_migration()
+                    continue
+                if msg.chunk.header.chunk_index <= self.answered:
+                    continue  # still catching up with what the draining replica already answered
+                self._switch_to_next()
+            elif kind == "error" and msg.error.code == Code.ERROR_CODE_DRAINING:
+                self._start_migration()
                 continue
+            elif kind == "error" and msg.error.code in RECOVERABLE:
+                await self._recover_or_switch()
+                continue
+            elif kind == "chunk" and msg.chunk.header.chunk_index <= self.answered:
+                continue  # answered already (by the new owner during a switch)
             if kind == "chunk":
                 self._answered(msg.chunk)
             return msg
 
-    async def _read_or_stall(self):
-        """The next message of the stream; TimeoutError when chunks are in flight and none was
-        answered for ``stall_timeout_s``."""
+    async def _recover_or_switch(self) -> None:
+        """The current stream is gone: take over the migration stream if there is one, else recover."""
+        if self._migration is not None and self._next_call is None:
+            with contextlib.suppress(Exception):
+                await self._migration
+        if self._next_call is not None:
+            self._switch_to_next()
+            return
+        self._drop_migration()
+        await self.recover()
+
+    async def _read_or_stall(self) -> tuple[bool, object]:
+        """(from the migration stream?, the next message); TimeoutError when chunks are in flight and
+        none was answered for ``stall_timeout_s``; _NextStreamFailed when the migration stream broke."""
         assert self._call is not None
-        call = self._call
-        if self._read is None:
-            self._read = asyncio.ensure_future(call.read())
         loop = asyncio.get_running_loop()
         while True:
-            done, _ = await asyncio.wait({self._read}, timeout=self.stall_timeout_s / 4)
-            if done:
+            if self._read is None:
+                self._read = asyncio.ensure_future(self._call.read())
+            if self._next_call is not None and self._next_read is None:
+                self._next_read = asyncio.ensure_future(self._next_call.read())
+            waits = {t for t in (self._read, self._next_read, self._migration) if t is not None}
+            done, _ = await asyncio.wait(waits, timeout=self.stall_timeout_s / 4, return_when=FIRST_COMPLETED)
+            if self._migration in done:
+                failed = self._migration.cancelled() or self._migration.exception() is not None
+                self._migration = None
+                if failed:
+                    self._drop_migration()
+                continue
+            if self._next_read is not None and self._next_read in done:
+                read, self._next_read = self._next_read, None
+                if read.cancelled() or read.exception() is not None:
+                    raise _NextStreamFailed
+                return True, read.result()
+            if self._read in done:
                 read, self._read = self._read, None
                 self._last_message = loop.time()
-                return read.result()
+                return False, read.result()
             oldest = next(iter(self._sent_at.values()), None)
             if oldest is not None and loop.time() - max(oldest, self._last_message) > self.stall_timeout_s:
                 raise TimeoutError
@@ -266,6 +378,7 @@ class InteractionSession:
         self.cancel()
 
     def cancel(self) -> None:
+        self._drop_migration()
         if self._read is not None:
             self._read.cancel()
             self._read = None

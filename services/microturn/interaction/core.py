@@ -42,7 +42,7 @@ from microturn.engine import (
 )
 from microturn.interaction import resume
 from microturn.interaction.bridge import DelegationBridge, update_card, update_text
-from microturn.interaction.errors import Code, StreamError, error_message
+from microturn.interaction.errors import Code, StreamError
 from microturn.interaction.model_loader import load_model, resolve_device
 from microturn.interaction.session import PendingUpdate, Session
 from microturn.model import InteractionModel
@@ -161,18 +161,37 @@ class InteractionCore:
             exc = self._tick_task.exception() if not self._tick_task.cancelled() else None
             raise RuntimeError(f"tick loop stopped: {exc!r}")
 
-    async def drain(self) -> None:
-        """Stop accepting; tell every attached client to reopen elsewhere (with a replay)."""
+    async def drain(self, timeout_s: float | None = None) -> None:
+        """Stop accepting sessions and hand the held ones to other replicas, make before break: each
+        client is told DRAINING while its session keeps running here; it opens the session elsewhere
+        with a replay and lets this stream go once the new owner's output has caught up, so the call
+        has no output gap. Sessions still here after ``drain_timeout_s`` are closed with
+        UNKNOWN_SESSION (their clients then recover as after a loss)."""
         self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.cfg.drain_timeout_s if timeout_s is None else timeout_s)
         for session in list(self.sessions.values()):
-            session.send(
-                error_message(
-                    Code.ERROR_CODE_UNKNOWN_SESSION,
-                    f"replica {self.replica_id} is shutting down: reopen the session with a replay",
-                    session.session_id,
+            self._send_error(
+                session,
+                StreamError(
+                    Code.ERROR_CODE_DRAINING,
+                    f"replica {self.replica_id} is draining: open the session on another replica with a "
+                    "replay; this stream serves it until then",
                     session.next_index,
-                )
+                ),
             )
+        while any(s.outbox is not None for s in self.sessions.values()) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for session in list(self.sessions.values()):
+            if session.outbox is not None:
+                self._send_error(
+                    session,
+                    StreamError(
+                        Code.ERROR_CODE_UNKNOWN_SESSION,
+                        f"replica {self.replica_id} is shutting down: reopen the session with a replay",
+                        session.next_index,
+                    ),
+                )
             await self._close(session, cancel_delegations=False)
         if self._tick_task is not None:
             self._tick_task.cancel()
@@ -234,6 +253,8 @@ class InteractionCore:
             if session.outbox is outbox and not session.closed:
                 session.outbox, session.detached_at = None, time.monotonic()
                 log.info("session detached", extra={"fields": {"session.id": session.session_id}})
+                if self.draining:  # its client moved it elsewhere
+                    self._spawn(self._close(session, cancel_delegations=False))
 
     async def _open(
         self, op: interaction_pb2.OpenSession, requests: AsyncIterator[interaction_pb2.ClientMessage]
