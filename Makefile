@@ -2,6 +2,7 @@
 #   make up      set up and run the whole system on this machine (Ctrl-C or `make down` stops it)
 #   make test    set up and run the test suite
 #   make bench   run the benchmarks (prints tables and ratios)
+#   make soak    10-minute soak of the whole system: WebRTC callers, a replica kill, a NATS restart
 #   make eval    score models on the interaction gym; make train: train the default model
 #   make lint    ruff;  make fuzz: long fuzzing of every trust boundary
 #   make protos  regenerate the Python stubs from protos/
@@ -16,7 +17,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install up down test bench eval train lint protos system-deps clean fuzz
+.PHONY: install up down test bench eval train lint protos system-deps clean fuzz soak
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +57,13 @@ fuzz: install system-deps
 bench: install
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
+# Soak of the whole system as a user runs it (`microturn up`, synthetic WebRTC callers, a replica
+# SIGKILL and a NATS restart mid-run); `make test` runs a 70 s version (tests/system/test_soak.py).
+# Options: SOAK_ARGS="--duration 180 --callers 6 --report soak.json" (python -m loadtest.soak --help).
+SOAK_ARGS ?=
+soak: install system-deps
+	$(PY) -m loadtest.soak $(SOAK_ARGS)
+
 eval: install system-deps
 	$(PY) -m microturn.gym.eval
 
@@ -63,8 +71,8 @@ train: install system-deps
 	$(PY) -m microturn.train --preset tiny-cpu
 
 lint: install
-	$(VENV)/bin/ruff check services tests benchmarks
-	$(VENV)/bin/ruff format --check services tests benchmarks
+	$(VENV)/bin/ruff check services tests benchmarks loadtest
+	$(VENV)/bin/ruff format --check services tests benchmarks loadtest
 
 protos: install
 	$(PY) -m microturn.protocol.codegen

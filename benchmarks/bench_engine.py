@@ -4,6 +4,7 @@ Run as a script (``make bench``). Prints a table and the ratios the design asks 
   tick(32) / tick(1)            batching (goal <= 4 on CPU)
   tick(10 min) / tick(0)        flat per-chunk cost over a session (goal <= 1.05)
   allocations per steady step   (goal 0; counted with the torch profiler's memory events)
+  rebuild(10 min) / rebuild(1 min)  recovery cost flat in session age (goal 1)
 
 Noise: the tick times of different configurations are taken in interleaved rounds (other processes on a
 shared machine then disturb all alike) and ratios use the minimum of each.
@@ -106,6 +107,28 @@ def age_ms(model: InteractionModel, n_sessions: int, rounds: int = 15) -> dict[s
     return {a: (1000 * statistics.median(ts), 1000 * min(ts)) for a, ts in times.items()}
 
 
+def rebuild_ms(model: InteractionModel, rounds: int = 7) -> dict[str, tuple[float, float, int]]:
+    """Time to rebuild a session (``Engine.resume`` from its last resume points) at 1 and 10 minutes of
+    age, in interleaved rounds, and the forced micro-turns it ran: the cost must not grow with age."""
+    rng = np.random.default_rng(3)
+    spans = {}
+    for age, n in (("1 min", 300), ("10 min", 3000)):
+        live = Engine(model, 1, device=DEVICE)
+        live.open("s", 1)
+        chunks = [chunk("s", k, rng) for k in range(n)]
+        spans[age] = list(zip(chunks, [live.step([c])[0].resume for c in chunks], strict=True))
+    eng = Engine(model, 1, device=DEVICE)
+    times: dict[str, list[float]] = {age: [] for age in spans}
+    for _ in range(rounds):
+        for age, items in spans.items():
+            sync()
+            t0 = time.perf_counter()
+            eng.resume("s", 1, items)
+            sync()
+            times[age].append(time.perf_counter() - t0)
+    return {a: (1000 * statistics.median(ts), 1000 * min(ts), eng.resume_span) for a, ts in times.items()}
+
+
 def allocations_per_step(model: InteractionModel, n_sessions: int) -> int:
     eng = Engine(model, n_sessions + 1, device=DEVICE)
     sids = [f"s{i}" for i in range(n_sessions + 1)]
@@ -148,12 +171,19 @@ def main() -> None:
         print(f"{'':<10} {'':>8} {'':>8} {per}")
     tiny = rows[0][1]
     ages = age_ms(tiny, 4)
+    rebuilds = rebuild_ms(tiny)
     allocs = allocations_per_step(tiny, 4)
     allocs_moe = allocations_per_step(rows[1][1], 4)
     print()
     print(
         "session age (tiny, 4 sessions), median / min of 15 interleaved ticks:  "
         + "  ".join(f"{k}: {v[0]:.1f} / {v[1]:.1f} ms" for k, v in ages.items())
+    )
+    print(
+        "session rebuild after a replica loss (tiny, Engine.resume), median / min of 5:  "
+        + "  ".join(
+            f"{k}: {v[0]:.0f} / {v[1]:.0f} ms ({v[2]} forced micro-turns)" for k, v in rebuilds.items()
+        )
     )
     t = {b: v[1] for b, v in rows[0][2].items()}
     print()
@@ -166,6 +196,9 @@ def main() -> None:
         f"  tick(10 min) / tick(0)    = {ages['10 min'][1] / ages['0 min'][1]:.3f}  (goal <= 1.05; min; median ratio {ages['10 min'][0] / ages['0 min'][0]:.3f})"
     )
     print(f"  tick(1 min) / tick(0)     = {ages['1 min'][1] / ages['0 min'][1]:.3f}")
+    print(
+        f"  rebuild(10 min) / rebuild(1 min) = {rebuilds['10 min'][1] / rebuilds['1 min'][1]:.3f}  (goal 1: bounded by the span)"
+    )
     print(f"  allocations per steady step = {allocs} (tiny), {allocs_moe} (tiny-moe)  (goal 0)")
     print(f"  realtime margin, 1 session  = {200 / t[1]:.1f}x (200 ms micro-turn / tick)")
     print(f"(benchmark took {time.perf_counter() - t_start:.0f} s)")

@@ -84,6 +84,11 @@ async def test_expired_token(edge_stack):
         await asyncio.sleep(0.4)
         r = await http.post(f"/api/sessions/{sid}/offer", json={"sdp": "v=0", "type": "offer"}, headers=auth)
         assert r.status_code == 401 and "expired" in r.json()["detail"]
+        # expiry bounds when a call may start, not how long it lasts: hanging up still works
+        r = await http.delete(f"/api/sessions/{sid}", headers=auth)
+        assert r.status_code == 204 and sid not in edge_stack.edge.sessions
+        r = await http.delete(f"/api/sessions/{sid}", headers={"Authorization": "Bearer forged.token"})
+        assert r.status_code == 401
 
 
 @pytest.mark.parametrize("edge_stack", [{"max_sessions": 2}], indirect=True)
