@@ -118,9 +118,9 @@ def test_a_ten_minute_session_resumes_at_the_cost_of_a_short_one(model, monkeypa
     calls = {"n": 0}
     real = Engine.resume_steps
 
-    def counting(self, items):
+    def counting(self, items, remaining=None):
         calls["n"] += len(items)
-        return real(self, items)
+        return real(self, items, remaining)
 
     monkeypatch.setattr(Engine, "resume_steps", counting)
     span = Engine(model, 1).resume_span

@@ -75,9 +75,9 @@ async def test_a_rebuild_costs_one_span_whatever_the_session_age(core_server, mo
     forced = {"turns": 0}
     real = Engine.resume_steps
 
-    def counting(self, items):
+    def counting(self, items, remaining=None):
         forced["turns"] += len(items)
-        return real(self, items)
+        return real(self, items, remaining)
 
     monkeypatch.setattr(Engine, "resume_steps", counting)
     span = core.engine.resume_span

@@ -469,10 +469,21 @@ class Engine:
         self.open(session_id, seed)
         self.sessions[session_id].resuming = True
 
-    def resume_steps(self, items: Sequence[tuple[ChunkInput, ResumePoint]]) -> None:
-        """One teacher-forced micro-turn for each of several rebuilding sessions (one item each)."""
+    def kv_layers(self, remaining: int) -> int:
+        """Layers whose KV a forced micro-turn must write when ``remaining`` more follow before the
+        session goes live: layer l's KV of a turn is read only while it is within (L - l + 1) * W turns
+        of the end, so early turns of a span need only the lower layers (the first W only layer 1)."""
+        L, W = self.cfg.n_layers, self.cfg.window_turns
+        return max(1, min(L, L + 1 - -(-remaining // W)))
+
+    def resume_steps(
+        self, items: Sequence[tuple[ChunkInput, ResumePoint]], remaining: Sequence[int] | None = None
+    ) -> None:
+        """One teacher-forced micro-turn for each of several rebuilding sessions (one item each);
+        ``remaining[i]``: the forced turns still to come for item i's session (default 0: all layers)."""
         if not items:
             return
+        remaining = list(remaining) if remaining is not None else [0] * len(items)
         sess: list[SessionState] = []
         for c, rp in items:
             s = self._get(c.session_id)
@@ -481,11 +492,15 @@ class Engine:
             self.validate(c)
             self.validate_resume(rp)
             sess.append(s)
-        inputs = [c for c, _ in items]
-        lo, rows, n_part, _, _ = self._stage(inputs, sess, [rp for _, rp in items])
-        self.ex.run_forced(lo, rows, n_part)
-        for c, s in zip(inputs, sess, strict=True):
-            s.last_index = int(c.chunk_index)
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(remaining):
+            groups.setdefault(self.kv_layers(r), []).append(i)
+        for n_layers, idx in groups.items():
+            inputs = [items[i][0] for i in idx]
+            lo, rows, n_part, _, _ = self._stage(inputs, [sess[i] for i in idx], [items[i][1] for i in idx])
+            self.ex.run_forced(lo, rows, n_part, n_layers)
+            for c, i in zip(inputs, idx, strict=True):
+                sess[i].last_index = int(c.chunk_index)
 
     def resume_end(self, session_id: str, last: ResumePoint) -> None:
         """Finish a rebuild: the host state and vocoder tail the last rebuilt micro-turn ended in."""
@@ -507,8 +522,8 @@ class Engine:
             raise EngineError("resume needs at least one chunk")
         self.resume_begin(session_id, seed)
         try:
-            for item in span:
-                self.resume_steps([item])
+            for i, item in enumerate(span):
+                self.resume_steps([item], [len(span) - 1 - i])
             self.resume_end(session_id, span[-1][1])
         except Exception:
             self.close(session_id)

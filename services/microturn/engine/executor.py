@@ -374,12 +374,14 @@ class Executor:
                 h.copy_(d_)
 
     @torch.no_grad()
-    def run_forced(self, lo: int, rows: int, n_part: int) -> None:
+    def run_forced(self, lo: int, rows: int, n_part: int, n_layers: int | None = None) -> None:
         """Rebuild one micro-turn of rows ``[0, rows)`` whose every token is known: the input chunk plus
         the staged text-in ids (``h_text``), text-out ids (``h_fids``) and audio-out levels (``h_flev``)
         the model produced when it ran live. One forward over the whole turn writes its KV; the audio
         history and the fed-back audio token are committed; the vocoder tail is not (the caller restores
-        it from the last rebuilt turn)."""
+        it from the last rebuilt turn). Only the KV of the first ``n_layers`` layers is written (the
+        rest is not needed yet, see ``Engine.kv_layers``), and the top one's attention and feed-forward
+        are skipped: nothing reads this turn's output."""
         cfg, lay = self.cfg, self.lay
         Bw, P, T, d = rows, self.P, self.T, cfg.d_model
         if self.device.type != "cpu":
@@ -407,7 +409,7 @@ class Executor:
         for j in range(lay.n_audio_out - 1):
             self._embed_audio_out(lev[:, j], Bw, tmp)
             torch.add(tmp, self.dec_offset[nt + j], out=x[:, P + nt + j])
-        self._forward(lo, Bw, T, self.forced_blk, moe_gather=False)
+        self._forward(lo, Bw, T, self.forced_blk, moe_gather=False, kv_layers=n_layers or self.L)
         rows_i, slots_i = self.d_part[0, :n_part], self.d_part[1, :n_part]
         self._commit(self.audio_hist, self.b("hist_rows", Bw, self.audio_hist.shape[1]), rows_i, slots_i)
         last = self.lb("commit", n_part, cfg.frames_per_audio_token * cfg.n_mels)
@@ -444,11 +446,17 @@ class Executor:
         x[:, 1 + lay.in_marker].copy_(m.tok_emb.weight[tk.IN].expand(Bw, d))
         x[:, 1 + lay.out_marker].copy_(m.tok_emb.weight[tk.OUT].expand(Bw, d))
         # video
-        vt = self._hmlp(Bw)
         v0 = 1 + lay.video
-        torch.where(
-            self.d_has_video[:Bw].view(Bw, 1, 1), vt, m.no_video.unsqueeze(0), out=x[:, v0 : v0 + lay.n_video]
-        )
+        if self.h_has_video[:Bw].any():  # (host staging) a voice-only step skips the hMLP
+            vt = self._hmlp(Bw)
+            torch.where(
+                self.d_has_video[:Bw].view(Bw, 1, 1),
+                vt,
+                m.no_video.unsqueeze(0),
+                out=x[:, v0 : v0 + lay.n_video],
+            )
+        else:
+            x[:, v0 : v0 + lay.n_video].copy_(m.no_video.expand(Bw, -1, -1))
         # audio in: featurise (causal frames with the slot's history) -> levels -> one-hot embedding
         lev = self._featurize(lo, Bw)
         na = lay.n_audio_in
@@ -516,9 +524,12 @@ class Executor:
         return self._ln_const[c]
 
     # ---- transformer ------------------------------------------------------------------------------
-    def _forward(self, lo: int, Bw: int, tq: int, blk_i: int, moe_gather: bool) -> Tensor:
+    def _forward(
+        self, lo: int, Bw: int, tq: int, blk_i: int, moe_gather: bool, kv_layers: int | None = None
+    ) -> Tensor:
         """Run the layers over ``x`` (already embedded) for block ``blk_i`` of positions/write indices.
-        Returns the final-normed hidden states [Bw * tq, d] (a view of a work buffer)."""
+        Returns the final-normed hidden states [Bw * tq, d] (a view of a work buffer); with
+        ``kv_layers`` it only writes the KV of that many layers and returns nothing useful."""
         cfg = self.cfg
         d, nkv, H, hd, g, ctx = cfg.d_model, self.nkv, self.H, self.hd, self.group, self.ctx
         hh = hd // 2
@@ -568,16 +579,8 @@ class Executor:
         for li, blk in enumerate(self.model.transformer.blocks):
             at = blk.attn
             self._rmsnorm(x, blk.attn_norm.weight, h)
-            torch.mm(h, at.wq.weight.t(), out=q)
             torch.mm(h, at.wk.weight.t(), out=k)
             torch.mm(h, at.wv.weight.t(), out=v)
-            qv = q.view(Bw, tq, nkv, g, hd)
-            q1, q2 = qv[..., :hh], qv[..., hh:]
-            torch.mul(q1, cq, out=qbp[..., :hh])
-            qbp[..., :hh].addcmul_(q2, sq_, value=-1.0)
-            torch.mul(q1, sq_, out=qbp[..., hh:])
-            qbp[..., hh:].addcmul_(q2, cq)
-            qb.mul_(self.c_scale)
             kv_ = k.view(Bw, tq, nkv, hd)
             k1, k2 = kv_[..., :hh], kv_[..., hh:]
             torch.mul(k1, ck, out=krot[..., :hh])
@@ -587,6 +590,16 @@ class Executor:
             kc, vc = self.k_cache[li], self.v_cache[li]
             kc.view(-1, hd).index_copy_(0, kvidx, krot.view(-1, hd))
             vc.view(-1, hd).index_copy_(0, kvidx, v.view(-1, hd))
+            if kv_layers is not None and li == kv_layers - 1:
+                return x  # the KV is written; nothing reads this layer's output
+            torch.mm(h, at.wq.weight.t(), out=q)
+            qv = q.view(Bw, tq, nkv, g, hd)
+            q1, q2 = qv[..., :hh], qv[..., hh:]
+            torch.mul(q1, cq, out=qbp[..., :hh])
+            qbp[..., :hh].addcmul_(q2, sq_, value=-1.0)
+            torch.mul(q1, sq_, out=qbp[..., hh:])
+            qbp[..., hh:].addcmul_(q2, cq)
+            qb.mul_(self.c_scale)
             K = kc[lo : lo + Bw].view(Bw * nkv, ctx, hd)
             V = vc[lo : lo + Bw].view(Bw * nkv, ctx, hd)
             torch.bmm(qb.view(Bw * nkv, g * tq, hd), K.transpose(1, 2), out=sc)

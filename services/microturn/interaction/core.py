@@ -527,11 +527,12 @@ class InteractionCore:
 
     async def _rebuild_unit(self, sessions: list[Session]) -> None:
         items = [s.rebuild.popleft() for s in sessions]
+        remaining = [len(s.rebuild) for s in sessions]
         done = [s for s in sessions if not s.rebuild]
         assert self._lock is not None
 
         def run() -> None:
-            self.engine.resume_steps(items)
+            self.engine.resume_steps(items, remaining)
             for s in done:
                 self.engine.resume_end(s.session_id, s.rebuild_last)
 
