@@ -3,6 +3,7 @@
 #   make test    set up and run the test suite
 #   make bench   run the benchmarks (prints tables and ratios)
 #   make soak    10-minute soak of the whole system: WebRTC callers, a replica kill, a NATS restart
+#   make bench-recovery  output gap p50/max over 10 replica kills, with 1 and 2 replicas (~20 min)
 #   make eval    score models on the interaction gym; make train: train the default model
 #   make lint    ruff;  make fuzz: long fuzzing of every trust boundary
 #   make protos  regenerate the Python stubs from protos/
@@ -17,7 +18,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install up down test bench eval train lint protos system-deps clean fuzz soak
+.PHONY: install up down test bench eval train lint protos system-deps clean fuzz soak bench-recovery
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -63,6 +64,10 @@ bench: install
 SOAK_ARGS ?=
 soak: install system-deps
 	$(PY) -m loadtest.soak $(SOAK_ARGS)
+
+RECOVERY_ARGS ?=
+bench-recovery: install
+	$(PY) -m loadtest.recovery $(RECOVERY_ARGS)
 
 eval: install system-deps
 	$(PY) -m microturn.gym.eval
