@@ -293,18 +293,7 @@ class Executor:
         caller. ``seeds`` lists (row, sampling seed) for the participating rows."""
         cfg, lay = self.cfg, self.lay
         Bw, P, d = rows, self.P, cfg.d_model
-        if self.device.type != "cpu":
-            for h, d_ in (
-                (self.t_pcm, self.d_pcm),
-                (self.t_video, self.d_video),
-                (self.t_has_video, self.d_has_video),
-                (self.t_text, self.d_text),
-                (self.t_pos, self.d_pos),
-                (self.t_kvidx, self.d_kvidx),
-                (self.t_rpidx, self.d_rpidx),
-                (self.t_part, self.d_part),
-            ):
-                d_.copy_(h, non_blocking=True)
+        self._upload()
         # per-session randomness: Gumbel noise for text, Euler start noise for audio
         gum = self.b("gumbel", self.num_slots, lay.n_text_out, tk.VOCAB_SIZE)
         noise = self.b("noise", self.num_slots, lay.n_audio_out, cfg.mel_dim)
@@ -384,20 +373,7 @@ class Executor:
         are skipped: nothing reads this turn's output."""
         cfg, lay = self.cfg, self.lay
         Bw, P, T, d = rows, self.P, self.T, cfg.d_model
-        if self.device.type != "cpu":
-            for h, d_ in (
-                (self.t_pcm, self.d_pcm),
-                (self.t_video, self.d_video),
-                (self.t_has_video, self.d_has_video),
-                (self.t_text, self.d_text),
-                (self.t_pos, self.d_pos),
-                (self.t_kvidx, self.d_kvidx),
-                (self.t_rpidx, self.d_rpidx),
-                (self.t_part, self.d_part),
-                (self.t_fids, self.d_fids),
-                (self.t_flev, self.d_flev),
-            ):
-                d_.copy_(h, non_blocking=True)
+        self._upload((self.t_fids, self.d_fids), (self.t_flev, self.d_flev))
         x = self.b("x", Bw, T, d)
         self._embed_prefill(lo, Bw, x[:, :P])
         tmp = self.b("embtmp", Bw, d)
@@ -415,6 +391,23 @@ class Executor:
         last = self.lb("commit", n_part, cfg.frames_per_audio_token * cfg.n_mels)
         torch.index_select(lev[:, lay.n_audio_out - 1], 0, rows_i, out=last)
         self.pending.view(self.num_slots, -1).index_copy_(0, slots_i, last)
+
+    def _upload(self, *extra: tuple[Tensor, Tensor]) -> None:
+        """Copy the staged inputs to the device (nothing to do on the CPU: staging is the tensor)."""
+        if self.device.type == "cpu":
+            return
+        for h, d_ in (
+            (self.t_pcm, self.d_pcm),
+            (self.t_video, self.d_video),
+            (self.t_has_video, self.d_has_video),
+            (self.t_text, self.d_text),
+            (self.t_pos, self.d_pos),
+            (self.t_kvidx, self.d_kvidx),
+            (self.t_rpidx, self.d_rpidx),
+            (self.t_part, self.d_part),
+            *extra,
+        ):
+            d_.copy_(h, non_blocking=True)
 
     def _commit(self, state: Tensor, rows_buf: Tensor, rows_i: Tensor, slots_i: Tensor) -> None:
         n = rows_i.shape[0]

@@ -61,7 +61,7 @@ class InteractionSession:
         t0_ms: int,
         chunk_ms: int = CHUNK_MS,
         window_chunks: int | None = None,
-        max_recoveries: int = 10,
+        max_recoveries: int = 10,  # per minute: more is a crash loop
         stall_timeout_s: float = 2.0,
         open_timeout_s: float = 1.0,
         hop: str = "client",
@@ -83,6 +83,7 @@ class InteractionSession:
         self.next_index = 0  # next chunk to send
         self.answered = -1  # last chunk with an output
         self.recoveries = 0
+        self._recovered_at: list[float] = []  # loop times of the recoveries of the last minute
         self.accepted: interaction_pb2.SessionAccepted | None = None
         self._call: grpc.aio.StreamStreamCall | None = None
         self._read: asyncio.Task | None = None  # the pending read of _call (kept across stall checks)
@@ -152,18 +153,29 @@ class InteractionSession:
         """Reopen on the session's current owner, replaying what was answered."""
         self.cancel()
         self.recoveries += 1
-        if self.recoveries > self.max_recoveries:
+        now = asyncio.get_running_loop().time()
+        self._recovered_at = [t for t in self._recovered_at if now - t < 60.0] + [now]
+        if len(self._recovered_at) > self.max_recoveries:  # a crash loop, not a fault now and then
             raise ConnectionError(
-                f"session {self.session_id}: gave up after {self.max_recoveries} recoveries"
+                f"session {self.session_id}: gave up after {self.max_recoveries} recoveries in a minute"
             )
-        first, live_from = self._replay_range()
-        delay = 0.05
+        call, accepted = await self._reconnect("recovered on", attempts=None)
+        self._call = call  # (no await since _connect's last write)
+        return accepted
+
+    async def _reconnect(
+        self, what: str, attempts: int | None
+    ) -> tuple[grpc.aio.StreamStreamCall, interaction_pb2.SessionAccepted]:
+        """Open the session on its current owner with a replay, retrying with backoff (for ever, or
+        ``attempts`` times) while the answer is retryable."""
+        delay, tried = 0.05, 0
         while True:
+            first, live_from = self._replay_range()
             try:
-                accepted = await self._open(first, live_from)
-                log.info("session %s recovered on replica %s (replayed %d chunks)",
-                         self.session_id, accepted.replica_id, live_from - first)  # fmt: skip
-                return accepted
+                call, accepted = await self._connect(first, live_from)
+                log.info("session %s %s replica %s (replayed %d chunks)",
+                         self.session_id, what, accepted.replica_id, live_from - first)  # fmt: skip
+                return call, accepted
             except SessionRejected as exc:
                 if not exc.error.retryable:
                     raise
@@ -171,6 +183,9 @@ class InteractionSession:
             except (grpc.aio.AioRpcError, ConnectionError) as exc:
                 log.info("session %s: reopen failed (%s); retrying", self.session_id, exc)
                 await asyncio.sleep(delay)
+            tried += 1
+            if attempts is not None and tried >= attempts:
+                raise ConnectionError(f"session {self.session_id}: no replica took it after {tried} tries")
             delay = min(delay * 2, 1.0)
 
     # -- planned migration ---------------------------------------------------------------------
@@ -181,23 +196,8 @@ class InteractionSession:
             self._migration = asyncio.ensure_future(self._migrate())
 
     async def _migrate(self) -> None:
-        delay = 0.05
-        for _ in range(self.max_recoveries):
-            first, live_from = self._replay_range()
-            try:
-                call, accepted = await self._connect(first, live_from)
-                self._next_call, self._next_accepted = call, accepted
-                log.info("session %s: migrating to replica %s (replayed %d chunks)",
-                         self.session_id, accepted.replica_id, live_from - first)  # fmt: skip
-                return
-            except SessionRejected as exc:
-                if not exc.error.retryable:
-                    raise
-                await asyncio.sleep(max(delay, exc.error.retry_after_ms / 1000))
-            except (grpc.aio.AioRpcError, ConnectionError) as exc:
-                log.info("session %s: migration attempt failed (%s)", self.session_id, exc)
-                await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+        call, accepted = await self._reconnect("migrating to", attempts=self.max_recoveries)
+        self._next_call, self._next_accepted = call, accepted  # (no await since _connect's last write)
 
     def _drop_migration(self) -> None:
         for t in (self._migration, self._next_read):
