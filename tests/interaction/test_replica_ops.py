@@ -91,7 +91,7 @@ async def test_tick_metrics_are_exported():
     assert sum(p.count for p in points["microturn_tick_duration"]) == 3
     assert sum(p.sum for p in points["microturn_tick_batch_size"]) == 3
     lag = points["microturn_session_lag"]
-    assert [p.attributes["session.id"] for p in lag] == ["s-metrics"]
+    assert [dict(p.attributes) for p in lag] == [{"replica": "replica-m"}]  # no per-session label
     # lag = wall time past the end of the next expected chunk (chunk 3 ends at t0 + 800 ms)
     assert before - (t0 + 800) <= lag[0].value <= after - (t0 + 800)
     assert points["microturn_sessions"][0].value == 1

@@ -127,20 +127,20 @@ class InteractionCore:
         )
 
         def lag(_: CallbackOptions) -> list[Observation]:
+            """The worst attached session's lag (no per-session label: sessions are unbounded)."""
             now = now_unix_ms()
-            return [
-                Observation(
-                    self.clock.lag_ms(s.t0_ms + s.next_index * self.limits.chunk_ms, now), {"session.id": sid}
-                )
-                for sid, s in list(self.sessions.items())
+            lags = [
+                self.clock.lag_ms(s.t0_ms + s.next_index * self.limits.chunk_ms, now)
+                for s in list(self.sessions.values())
                 if s.outbox is not None
             ]
+            return [Observation(max(lags), {"replica": self.replica_id})] if lags else []
 
         meter.create_observable_gauge(
             "microturn_session_lag",
             [lag],
             unit="ms",
-            description="wall time past the end of the next expected chunk",
+            description="wall time past the end of the next expected chunk, of the session furthest behind",
         )
         meter.create_observable_gauge(
             "microturn_sessions", [lambda _: [Observation(len(self.sessions), {"replica": self.replica_id})]]
