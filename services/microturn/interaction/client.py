@@ -103,8 +103,15 @@ class InteractionSession:
 
     async def _open(self, first: int, live_from: int) -> interaction_pb2.SessionAccepted:
         call, accepted = await self._connect(first, live_from)
-        self._call = call  # from here on send() writes directly (no await since _connect's last write)
+        self._set_call(call)  # from here on send() writes directly (no await since _connect's last write)
         return accepted
+
+    def _set_call(self, call: grpc.aio.StreamStreamCall) -> None:
+        """``call`` is the session's stream now; a read still pending on the one before is dropped."""
+        if self._read is not None:
+            self._read.cancel()
+            self._read = None
+        self._call = call
 
     async def _connect(
         self, first: int, live_from: int
@@ -160,7 +167,7 @@ class InteractionSession:
                 f"session {self.session_id}: gave up after {self.max_recoveries} recoveries in a minute"
             )
         call, accepted = await self._reconnect("recovered on", attempts=None)
-        self._call = call  # (no await since _connect's last write)
+        self._set_call(call)  # (no await since _connect's last write)
         return accepted
 
     async def _reconnect(
