@@ -53,7 +53,7 @@ from microturn.telemetry import setup_telemetry
 from microturn.tools import ToolClient
 from microturn.tools.service import ToolsService
 from microturn.v1 import delegation_pb2, media_pb2, tools_pb2
-from tests.fuzzing import FUZZ
+from tests.fuzzing import EXAMPLES, FUZZ
 
 CORPUS = Path(__file__).parents[1] / "background" / "corpus"
 UPDATE_SESSION = "s-fuzz-updates"
@@ -433,6 +433,11 @@ async def settled(env: Env, stream: str, durable: str, timeout_s: float = 60.0) 
         await asyncio.sleep(0.1)
 
 
+def backlog_timeout(tally) -> float:
+    """How long a consumer may take to work off a target's inputs (a generous 0.2 s each)."""
+    return 60.0 + 0.2 * max(tally.inputs, EXAMPLES)
+
+
 def dead_count(env: Env, kind: str) -> int:
     async def count() -> int:
         info = await env.bus.js.stream_info(subjects.DEAD_STREAM, subjects_filter=subjects.dead_subject(kind))
@@ -476,9 +481,11 @@ def test_fuzz_delegation_consumer(env: Env, tally: dict[str, Any]) -> None:
         assert not env.background.queue._loop_task.done(), "the delegation consumer's loop ended"
 
     run()
+    # (b) first: the inputs are published faster than the service works them off (thousands in a
+    # long run), so a probe sent at once would wait behind all of them
+    env.run(settled(env, subjects.DELEGATIONS_STREAM, subjects.BACKGROUND_CONSUMER, backlog_timeout(tally)))
     got = env.run(probe_delegation(env, "what is 6 times 7"))
     assert got.WhichOneof("kind") == "final" and got.final.text.endswith("42"), got  # (a)
-    env.run(settled(env, subjects.DELEGATIONS_STREAM, subjects.BACKGROUND_CONSUMER))  # (b)
     dead = dead_count(env, "delegation") - before["dead"]
     assert dead == unusable, f"{unusable} unusable inputs, {dead} dead-lettered"  # (c)
     assert counted(lambda: rejected("delegations") - before["rejected"], dead) >= dead
@@ -514,7 +521,8 @@ async def probe_delegation(env: Env, text: str) -> delegation_pb2.BackgroundUpda
 def test_fuzz_tool_worker(env: Env, tally: dict[str, Any]) -> None:
     # Tool calls of earlier delegations may still be queued (their caller stopped waiting): let them
     # finish first, so that what is counted below is this target's.
-    env.run(settled(env, subjects.TOOL_CALLS_STREAM, subjects.TOOLS_CONSUMER))
+    env.run(settled(env, subjects.DELEGATIONS_STREAM, subjects.BACKGROUND_CONSUMER, backlog_timeout(tally)))
+    env.run(settled(env, subjects.TOOL_CALLS_STREAM, subjects.TOOLS_CONSUMER, backlog_timeout(tally)))
     before = {
         "dead": dead_count(env, "tool"),
         "rejected": rejected("tool_calls"),
@@ -542,6 +550,7 @@ def test_fuzz_tool_worker(env: Env, tally: dict[str, Any]) -> None:
         assert not env.tools.worker.calls._loop_task.done(), "the tool-call consumer's loop ended"
 
     run()
+    env.run(settled(env, subjects.TOOL_CALLS_STREAM, subjects.TOOLS_CONSUMER, backlog_timeout(tally)))
     client = ToolClient(env.bus, timeout_s=30)
     ok = env.run(
         client.call("calculator", {"expression": "6*7"}, schema="calculator.v1", call_id=env.unique("probe"))
