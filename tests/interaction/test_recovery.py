@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import numpy as np
 
 from microturn.engine import Engine
@@ -192,3 +193,18 @@ async def test_hostile_replays_get_protocol_errors(core_server):
     err = await replay(good, 10_000)
     assert err.code == Code.ERROR_CODE_PROTOCOL and "a replay of 10000 chunks" in err.message
     assert "hostile" not in core.sessions and core.engine.free_slots == core.cfg.session_slots
+
+
+async def test_concurrent_opens_of_one_session_never_crash_the_servicer(core_server):
+    """Two streams racing to open the same session: one wins, the other gets a typed answer."""
+    core, channel = core_server
+    t0 = session_origin()
+    a, b = new_session(channel, "twin", t0), new_session(channel, "twin", t0)
+    results = await asyncio.gather(a.open(), b.open(), return_exceptions=True)
+    for r in results:  # accepted, or a typed refusal: never an unhandled error (gRPC UNKNOWN)
+        assert not isinstance(r, grpc.aio.AioRpcError), r
+        assert not isinstance(r, Exception) or getattr(r, "error", None) is not None, r
+    assert any(not isinstance(r, Exception) for r in results)
+    assert len(core.sessions) == 1 and core.engine.free_slots == core.cfg.session_slots - 1
+    for s in (a, b):
+        s.cancel()

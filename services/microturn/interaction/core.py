@@ -325,6 +325,9 @@ class InteractionCore:
         ):
             if replay:
                 session.rebuild = await self._read_replay(session, requests)
+            raced = self.sessions.get(sid)
+            if raced is not None:  # another stream opened it meanwhile: the later open wins
+                await self._close(raced, cancel_delegations=False)
             async with self._lock:
                 try:
                     if session.rebuild:
@@ -335,6 +338,8 @@ class InteractionCore:
                     raise StreamError(
                         Code.ERROR_CODE_OVER_CAPACITY, str(exc), retry_after_ms=self.cfg.retry_after_ms
                     ) from None
+                except EngineError as exc:
+                    raise StreamError(Code.ERROR_CODE_PROTOCOL, f"OpenSession: {exc}") from None
         if session.rebuild:
             session.rebuild_last = session.rebuild[-1][1]
             session.rebuild_started = time.perf_counter()
