@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from microturn.bus import Bus
 from microturn.config import load_settings
 from microturn.interaction.client import InteractionSession
 from microturn.interaction.core import InteractionCore
@@ -56,6 +57,29 @@ async def core_server(request) -> AsyncIterator[tuple[InteractionCore, grpc.aio.
     try:
         yield core, channel
     finally:
+        await channel.close()
+        await server.stop(grace=None)
+        await core.drain()
+
+
+@pytest.fixture
+async def bridged(nats_server):
+    """A replica with its NATS bridge on a real server: (core, channel, a bus client, settings)."""
+    settings = load_settings(
+        overrides={
+            "nats": {"port": nats_server.port, "monitor_port": nats_server.monitor_port},
+            "interaction": {"bus": True, "session_slots": 2, "tick_grace_ms": 20},
+        }
+    )
+    core = InteractionCore(settings, "replica-bus", model=tiny_model())
+    port = free_port()
+    server = await start_server(core, "127.0.0.1", port)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    bus = await Bus.connect(nats_server.url, settings.bus, name="test")
+    try:
+        yield core, channel, bus, settings
+    finally:
+        await bus.close()
         await channel.close()
         await server.stop(grace=None)
         await core.drain()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 
 import grpc
-import pytest
 
 from microturn.bus import Bus, subjects
 from microturn.config import load_settings
@@ -20,30 +19,8 @@ from microturn.v1 import delegation_pb2, interaction_pb2_grpc, media_pb2
 from .conftest import chunk_for, new_session, session_origin, tiny_model
 
 
-@pytest.fixture
-async def bridged(nats_server):
-    settings = load_settings(
-        overrides={
-            "nats": {"port": nats_server.port, "monitor_port": nats_server.monitor_port},
-            "interaction": {"bus": True, "session_slots": 2, "tick_grace_ms": 20},
-        }
-    )
-    core = InteractionCore(settings, "replica-bus", model=tiny_model())
-    port = free_port()
-    server = await start_server(core, "127.0.0.1", port)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    bus = await Bus.connect(nats_server.url, settings.bus, name="test")
-    try:
-        yield core, channel, bus
-    finally:
-        await bus.close()
-        await channel.close()
-        await server.stop(grace=None)
-        await core.drain()
-
-
 async def test_delegation_event_reaches_the_bus_with_context(bridged):
-    core, channel, bus = bridged
+    core, channel, bus, _ = bridged
     t0 = session_origin()
     sess = new_session(channel, "s-deleg", t0)
     await sess.open()
@@ -73,7 +50,7 @@ async def test_delegation_event_reaches_the_bus_with_context(bridged):
 
 
 async def test_background_update_enters_the_next_tick(bridged):
-    core, channel, bus = bridged
+    core, channel, bus, _ = bridged
     t0 = session_origin()
     sess = new_session(channel, "s-update", t0)
     await sess.open()

@@ -5,39 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
-import grpc
 import pytest
 
-from microturn.bus import Bus, subjects
-from microturn.config import load_settings
-from microturn.interaction.core import InteractionCore
-from microturn.interaction.grpc_server import start_server
-from microturn.localrun.ports import free_port
+from microturn.bus import subjects
 from microturn.v1 import delegation_pb2
 
-from .conftest import chunk_for, new_session, session_origin, tiny_model
-
-
-@pytest.fixture
-async def bridged(nats_server):
-    settings = load_settings(
-        overrides={
-            "nats": {"port": nats_server.port, "monitor_port": nats_server.monitor_port},
-            "interaction": {"bus": True, "session_slots": 2, "tick_grace_ms": 20},
-        }
-    )
-    core = InteractionCore(settings, "replica-hostile", model=tiny_model())
-    port = free_port()
-    server = await start_server(core, "127.0.0.1", port)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    bus = await Bus.connect(nats_server.url, settings.bus, name="test")
-    try:
-        yield core, channel, bus, settings
-    finally:
-        await bus.close()
-        await channel.close()
-        await server.stop(grace=None)
-        await core.drain()
+from .conftest import chunk_for, new_session, session_origin
 
 
 @pytest.mark.timeout(120)

@@ -24,11 +24,11 @@ pytestmark = pytest.mark.slow
 APP = "interaction"
 
 
-@pytest.fixture(scope="module")
-def system(tmp_path_factory):
+def serve_run(tmp_path_factory, replicas: int):
+    """A `microturn up` with this many interaction replicas (module-scoped by the fixtures below)."""
     run = LocalRun(
-        tmp_path_factory.mktemp("serve") / "state",
-        MICROTURN_INTERACTION__REPLICAS="2",
+        tmp_path_factory.mktemp(f"serve{replicas}") / "state",
+        MICROTURN_INTERACTION__REPLICAS=str(replicas),
         MICROTURN_INTERACTION__NUM_CPUS="1",
         MICROTURN_INTERACTION__SESSION_SLOTS="8",
         MICROTURN_INTERACTION__TICK_GRACE_MS="20",
@@ -37,6 +37,16 @@ def system(tmp_path_factory):
         yield run.wait_ready()
     finally:
         run.stop()
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    yield from serve_run(tmp_path_factory, 2)
+
+
+@pytest.fixture(scope="module")
+def one_replica(tmp_path_factory):
+    yield from serve_run(tmp_path_factory, 1)
 
 
 def target(system: LocalRun) -> str:
@@ -110,21 +120,6 @@ async def test_replica_killed_mid_session_recovers_with_the_same_continuation(sy
         assert sess.recoveries >= 1
         assert_same_continuation(before + after, ref_out)
         await sess.close()
-
-
-@pytest.fixture(scope="module")
-def one_replica(tmp_path_factory):
-    run = LocalRun(
-        tmp_path_factory.mktemp("serve1") / "state",
-        MICROTURN_INTERACTION__REPLICAS="1",
-        MICROTURN_INTERACTION__NUM_CPUS="1",
-        MICROTURN_INTERACTION__SESSION_SLOTS="8",
-        MICROTURN_INTERACTION__TICK_GRACE_MS="20",
-    )
-    try:
-        yield run.wait_ready()
-    finally:
-        run.stop()
 
 
 OLD_S, YOUNG_S, AFTER_S = 60, 2, 30  # session ages at the kill; output that must follow it
