@@ -85,24 +85,25 @@ def conversations(draw, t0: int) -> list[interaction_pb2.ClientMessage]:
     return msgs
 
 
-async def converse(channel, msgs) -> list[interaction_pb2.ServerMessage]:
-    """Send one conversation, half-close, read what comes back for a short while."""
-    call = new_session(channel, "x", 0).stub.Converse()
-    got = []
+async def exchange(call, items) -> tuple[list, str]:
+    """Send ``items`` on a stream, half-close, read what comes back for a short while: (replies, how
+    it ended). An unhandled exception in the servicer (gRPC UNKNOWN) fails the test."""
+    got, ended = [], "ok"
     try:
-        for m in msgs:
-            await call.write(m)
+        for item in items:
+            await call.write(item)
         await call.done_writing()
         async with asyncio.timeout(1.5):
             async for reply in call:
                 got.append(reply)
     except TimeoutError:
-        pass
+        ended = "timeout"
     except grpc.aio.AioRpcError as exc:
+        ended = exc.code().name
         assert exc.code() != grpc.StatusCode.UNKNOWN, f"the servicer raised: {exc.details()}"
     finally:
         call.cancel()
-    return got
+    return got, ended
 
 
 async def still_serves(channel, core, sid: str) -> None:
@@ -128,7 +129,7 @@ T0 = session_origin()
 @given(msgs=conversations(T0))
 async def test_fuzz_client_messages(core_server, tally, msgs):
     core, channel = core_server
-    replies = await converse(channel, msgs)
+    replies, _ = await exchange(new_session(channel, "x", 0).stub.Converse(), msgs)
     for r in replies:
         assert r.WhichOneof("kind") in ("accepted", "chunk", "error")
     tally.saw(
@@ -149,21 +150,7 @@ async def test_fuzz_raw_bytes(core_server, tally, blobs):
         request_serializer=lambda b: b,
         response_deserializer=lambda b: b,
     )()
-    code = "ok"
-    try:
-        for b in blobs:
-            await call.write(b)
-        await call.done_writing()
-        async with asyncio.timeout(1.5):
-            async for _ in call:
-                pass
-    except TimeoutError:
-        code = "timeout"
-    except grpc.aio.AioRpcError as exc:
-        code = exc.code().name
-        assert exc.code() != grpc.StatusCode.UNKNOWN, exc.details()
-    finally:
-        call.cancel()
+    _, code = await exchange(call, blobs)
     tally.saw(code)
     await free_slots(core)
     if tally.inputs % 20 == 1:
