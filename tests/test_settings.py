@@ -80,3 +80,44 @@ def test_settings_are_frozen():
     s = load_settings()
     with pytest.raises(ValidationError, match="frozen"):
         s.nats.port = 1  # type: ignore[misc]
+
+
+def test_ice_port_range_and_advertised_address(monkeypatch):
+    monkeypatch.setenv("MICROTURN_EDGE__ICE_PORT_MIN", "50000")
+    monkeypatch.setenv("MICROTURN_EDGE__ICE_PORT_MAX", "50099")
+    monkeypatch.setenv("MICROTURN_EDGE__ICE_ADVERTISED_ADDRESS", "2001:DB8::1")
+    edge = load_settings().edge
+    assert (edge.ice_port_min, edge.ice_port_max) == (50000, 50099)
+    assert edge.ice_advertised_address == "2001:db8::1" and edge.ice_transport_policy == "all"
+    default = load_settings(overrides={"edge": {"ice_port_min": None, "ice_port_max": None}}).edge
+    assert default.ice_port_min is None and default.ice_port_max is None
+
+
+@pytest.mark.parametrize(
+    ("edge", "message"),
+    [
+        ({"ice_port_min": 50000}, r"set both edge\.ice_port_min and edge\.ice_port_max, or neither"),
+        ({"ice_port_max": 50000}, r"set both edge\.ice_port_min and edge\.ice_port_max, or neither"),
+        (
+            {"ice_port_min": 50010, "ice_port_max": 50000},
+            r"ice_port_min \(50010\) is above edge\.ice_port_max \(50000\)",
+        ),
+        ({"ice_port_min": 80, "ice_port_max": 90}, r"edge\.ice_port_min .*between 1024 and 65535, got 80"),
+        (
+            {"ice_port_min": 50000, "ice_port_max": 70000},
+            r"edge\.ice_port_max .*between 1024 and 65535, got 70000",
+        ),
+        (
+            {"ice_advertised_address": "node-1.example"},
+            r"edge\.ice_advertised_address .*must be an IP address",
+        ),
+        ({"ice_transport_policy": "relay"}, r"relay.* needs a turn: or turns: server in edge\.ice_servers"),
+        (
+            {"ice_transport_policy": "relay", "ice_servers": [{"urls": ["stun:stun.example:3478"]}]},
+            r"needs a turn:",
+        ),
+    ],
+)
+def test_bad_ice_settings_say_what_is_wrong(edge, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(overrides={"edge": edge})

@@ -12,7 +12,7 @@ import time
 import pytest
 from hostile_helpers import dead_letters, dead_seq, rejected, wait_until
 
-from microturn.bus import Bus, DelegationClient, PayloadTooLarge, PermanentError, WorkQueue, subjects
+from microturn.bus import Bus, DelegationClient, Durable, PayloadTooLarge, PermanentError, WorkQueue, subjects
 from microturn.bus.connection import DEAD_DELIVERIES, DEAD_REASON, DEAD_SIZE, MSG_ID
 from microturn.config import BusSettings, NatsSettings, Settings, ToolsSettings
 from microturn.interaction.bridge import DelegationBridge
@@ -63,9 +63,7 @@ async def test_message_at_the_size_limit_is_dead_lettered_and_the_connection_sur
 
     q = WorkQueue(
         bus,
-        stream=subjects.TOOL_CALLS_STREAM,
-        subject=subjects.TOOL_CALL,
-        durable="size-test",
+        consumer=Durable(subjects.TOOL_CALLS_STREAM, "size-test", subjects.TOOL_CALL),
         kind="test",
         handler=refuse_big,
         concurrency=2,

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from microturn.bus import Bus, PermanentError, WorkQueue, ensure_streams, subjects
+from microturn.bus import Bus, Durable, PermanentError, WorkQueue, ensure_streams, subjects
 from microturn.bus.connection import DEAD_DELIVERIES, DEAD_REASON
 from microturn.config import BusSettings
 
@@ -27,9 +27,7 @@ async def read_dead(bus: Bus, kind: str, count: int, timeout_s: float = 20.0):
 def queue(bus: Bus, handler, concurrency: int = 4) -> WorkQueue:
     return WorkQueue(
         bus,
-        stream=subjects.TOOL_CALLS_STREAM,
-        subject=subjects.TOOL_CALL,
-        durable="test-workers",
+        consumer=Durable(subjects.TOOL_CALLS_STREAM, "test-workers", subjects.TOOL_CALL),
         kind="test",
         handler=handler,
         concurrency=concurrency,
@@ -208,13 +206,10 @@ async def test_message_that_crashes_every_worker_is_dead_lettered(nats_server):
     def make(bus, handler):
         return WorkQueue(
             bus,
-            stream=subjects.TOOL_CALLS_STREAM,
-            subject=subjects.TOOL_CALL,
-            durable="crashy",
+            consumer=Durable(subjects.TOOL_CALLS_STREAM, "crashy", subjects.TOOL_CALL, max_attempts=1),
             kind="test",
             handler=handler,
             concurrency=1,
-            max_attempts=1,
         )
 
     qa, qb = make(crashed, hang), make(survivor, work)

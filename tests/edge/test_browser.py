@@ -14,6 +14,7 @@ import os
 import numpy as np
 import pytest
 
+from ..need import need
 from .browser_media import CHROMIUM, chromium_args, make_speech_wav, missing_tools, rms, runs
 from .conftest import wait_until
 
@@ -34,9 +35,7 @@ SNAPSHOT = """() => ({
 
 @pytest.fixture
 def speech_wav(tmp_path):
-    missing = missing_tools()
-    if missing:
-        pytest.skip(f"needs {', '.join(missing)} (make system-deps installs them)")
+    need(missing_tools(), "make system-deps installs them")
     return make_speech_wav(tmp_path)
 
 

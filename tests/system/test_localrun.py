@@ -4,6 +4,7 @@ stopping (by `down` or Ctrl-C) leaves no process behind. Port clashes and bad se
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import socket
 import subprocess
@@ -19,15 +20,26 @@ from microturn.localrun.supervisor import read_run_file
 from .conftest import MICROTURN, Up, local_env, processes_mentioning
 
 
-async def _jetstream_ok(url: str) -> bool:
-    nc = await nats.connect(url, connect_timeout=5)
+async def _anonymous_refused(url: str) -> bool:
+    """The local run's NATS admits only the services' generated users."""
     try:
-        js = nc.jetstream()
-        await js.add_stream(name="PING", subjects=["ping.>"])
-        ack = await js.publish("ping.1", b"x")
-        return ack.seq == 1
-    finally:
-        await nc.close()
+        nc = await nats.connect(url, connect_timeout=5, allow_reconnect=False)
+    except Exception as exc:  # nats-py raises the server's -ERR 'Authorization Violation'
+        return "authorization" in str(exc).lower()
+    await nc.close()
+    return False
+
+
+def _topology(monitor: str) -> tuple[set[str], set[str]]:
+    """Streams and durable consumers, as the monitoring endpoint reports them (no login needed)."""
+    with urllib.request.urlopen(f"{monitor}/jsz?streams=true&consumers=true", timeout=5) as r:
+        jsz = json.load(r)
+    streams, consumers = set(), set()
+    for account in jsz.get("account_details", []):
+        for stream in account.get("stream_detail", []):
+            streams.add(stream["name"])
+            consumers |= {c["name"] for c in stream.get("consumer_detail", [])}
+    return streams, consumers
 
 
 @pytest.mark.slow
@@ -42,7 +54,10 @@ def test_up_reports_ready_and_down_leaves_nothing(tmp_path):
         assert f"nats://127.0.0.1:{env['MICROTURN_NATS__PORT']}" in banner
         dashboard = f"http://127.0.0.1:{env['MICROTURN_RAY__DASHBOARD_PORT']}"
         assert dashboard in banner
-        assert asyncio.run(_jetstream_ok(f"nats://127.0.0.1:{env['MICROTURN_NATS__PORT']}"))
+        assert asyncio.run(_anonymous_refused(f"nats://127.0.0.1:{env['MICROTURN_NATS__PORT']}"))
+        streams, consumers = _topology(f"http://127.0.0.1:{env['MICROTURN_NATS__MONITOR_PORT']}")
+        assert {"MT_DELEGATIONS", "MT_TOOL_CALLS", "MT_TIMERS", "MT_UPDATES"} <= streams
+        assert {"background", "tools", "timers"} <= consumers
         with urllib.request.urlopen(f"{dashboard}/api/gcs_healthz", timeout=5) as r:
             assert r.status == 200
         grpc_port = env["MICROTURN_INTERACTION__GRPC_PORT"]

@@ -31,6 +31,7 @@ from microturn.bus import (
     Rejections,
     RetryableError,
     WorkQueue,
+    durable,
     rejects,
     subjects,
     trace_context,
@@ -86,14 +87,12 @@ class BackgroundService:
     async def start(self) -> None:
         s = self.settings
         clock.warm_up()  # the planner resolves city names
-        self.bus = await Bus.connect(s.nats.client_url, s.bus, name="microturn-background")
+        self.bus = await Bus.connect(s.nats, s.bus, name="microturn-background")
         self.tools = ToolClient(self.bus, s.background.tool_timeout_s)
         self._cancels = await self.bus.nc.subscribe(f"{subjects.PREFIX}.cancel.>", cb=self._on_cancel)
         self.queue = WorkQueue(
             self.bus,
-            stream=subjects.DELEGATIONS_STREAM,
-            subject=subjects.DELEGATION_REQUEST,
-            durable=subjects.BACKGROUND_CONSUMER,
+            consumer=durable(subjects.BACKGROUND_CONSUMER),
             kind="delegation",
             handler=self.handle,
             concurrency=s.background.concurrency,

@@ -3,7 +3,7 @@
 Streams, subjects and delivery guarantees are listed in docs/BACKGROUND_AND_TOOLS.md. Typical use on
 the interaction side::
 
-    bus = await Bus.connect(settings.nats.client_url, settings.bus, name="interaction")
+    bus = await Bus.connect(settings.nats, settings.bus, name="interaction")
     client = DelegationClient(bus)
     await client.delegate(request)                    # de-duplicated by request.delegation_id
     updates = await client.session_updates(session_id)
@@ -25,15 +25,24 @@ from microturn.bus.errors import (
     RetryableError,
 )
 from microturn.bus.rejects import Rejections
-from microturn.bus.streams import ensure_streams, stream_configs
+from microturn.bus.streams import (
+    SERVICE_CONSUMERS,
+    Durable,
+    durable,
+    ensure_streams,
+    ensure_topology,
+    stream_configs,
+)
 from microturn.bus.workqueue import Attempt, WorkQueue
 
 __all__ = [
+    "SERVICE_CONSUMERS",
     "Attempt",
     "Bus",
     "CancelReason",
     "Defer",
     "DelegationClient",
+    "Durable",
     "PayloadTooLarge",
     "PermanentError",
     "PublishError",
@@ -43,7 +52,9 @@ __all__ = [
     "SessionUpdates",
     "UpdateDelivery",
     "WorkQueue",
+    "durable",
     "ensure_streams",
+    "ensure_topology",
     "rejects",
     "stream_configs",
     "subjects",

@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import Callable
 from typing import Protocol
 
-from microturn.config import Settings, load_settings
+from microturn.config import ConfigError, Settings, load_settings
 from microturn.telemetry import Telemetry, configure_logging, setup_telemetry
 
 log = logging.getLogger(__name__)
@@ -43,13 +44,23 @@ async def run_until_signalled(service: Service, telemetry: Telemetry | None = No
         log.info("%s stopped", service.name)
 
 
-def serve_main(name: str, make_service: Callable[[Settings], Service]) -> None:
-    """The ``python -m microturn.<name>`` entry point of a bus service: settings, logs, telemetry,
-    then run until signalled."""
-    settings = load_settings()
+def run_service(name: str, make_service: Callable[[Settings], Service], settings: Settings) -> int:
+    """Run a bus service (``microturn tools``, ``microturn background``): logs, telemetry, then run
+    until signalled."""
     configure_logging(name, settings.telemetry.log_format, settings.telemetry.log_level)
     telemetry = setup_telemetry(name, settings.telemetry)
     try:
         asyncio.run(run_until_signalled(make_service(settings), telemetry))
     finally:
         telemetry.shutdown()
+    return 0
+
+
+def serve_main(name: str, make_service: Callable[[Settings], Service]) -> None:
+    """The ``python -m microturn.<name>`` entry point of a bus service."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"microturn {name}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(run_service(name, make_service, settings))

@@ -1,15 +1,27 @@
-"""The JetStream streams, created (or brought up to date) idempotently when a service starts.
+"""The JetStream topology: streams and the services' durable consumers, in one table each.
 
-Every service calls :func:`ensure_streams` at start; two instances racing to create the same stream
-is harmless (the server accepts an identical config, and a differing one is updated in place).
+With ``bus.manage_topology`` on (the local run), every service calls :func:`ensure_streams` at start
+and its work queue creates its own consumer; two instances racing to create the same stream is
+harmless (the server accepts an identical config, and a differing one is updated in place). On
+Kubernetes a hook Job (``microturn bus setup``) creates both before any service or KEDA scaler needs
+them, and the services, whose NATS users may not manage streams, only bind.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import BadRequestError, NotFoundError
 
 from microturn.bus import subjects
@@ -72,3 +84,67 @@ async def ensure_streams(js: JetStreamContext, settings: BusSettings) -> None:
             except BadRequestError:  # another instance created it first, maybe with older settings
                 pass
         await js.update_stream(config)
+
+
+FROM_SETTINGS = -1  # max_attempts: use bus.max_attempts
+
+
+@dataclass(frozen=True)
+class Durable:
+    """A durable pull consumer that the instances of one service share."""
+
+    stream: str
+    name: str
+    subject: str
+    max_attempts: int | None = FROM_SETTINGS  # None: unbounded (a queue that defers by design)
+
+
+# The services' consumers; KEDA scales each service on its consumer's lag, so these names are also
+# the chart's scaler targets.
+SERVICE_CONSUMERS = (
+    Durable(subjects.DELEGATIONS_STREAM, subjects.BACKGROUND_CONSUMER, subjects.DELEGATION_REQUEST),
+    Durable(subjects.TOOL_CALLS_STREAM, subjects.TOOLS_CONSUMER, subjects.TOOL_CALL),
+    Durable(subjects.TIMERS_STREAM, subjects.TIMERS_CONSUMER, subjects.TIMERS, max_attempts=None),
+)
+
+
+def durable(name: str) -> Durable:
+    """The service consumer called ``name``."""
+    for d in SERVICE_CONSUMERS:
+        if d.name == name:
+            return d
+    raise KeyError(f"no durable consumer named {name!r}")
+
+
+def attempts(d: Durable, settings: BusSettings) -> int | None:
+    return settings.max_attempts if d.max_attempts == FROM_SETTINGS else d.max_attempts
+
+
+def consumer_config(d: Durable, settings: BusSettings) -> ConsumerConfig:
+    """The one config of a durable consumer, whoever creates it (a service or the setup job): the
+    server refuses to re-create a consumer with a different config."""
+    max_attempts = attempts(d, settings)
+    return ConsumerConfig(
+        durable_name=d.name,
+        filter_subject=d.subject,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=settings.ack_wait_s,
+        # One delivery past the limit, so a message that crashed every attempt is seen once more
+        # and dead-lettered instead of silently dropped by the server.
+        max_deliver=max_attempts + 1 if max_attempts is not None else -1,
+        max_ack_pending=settings.max_ack_pending,
+    )
+
+
+async def ensure_consumer(js: JetStreamContext, d: Durable, settings: BusSettings) -> None:
+    """Create the consumer, or bring its config up to date (``add_consumer`` does both)."""
+    await js.add_consumer(d.stream, consumer_config(d, settings))
+
+
+async def ensure_topology(js: JetStreamContext, settings: BusSettings) -> list[str]:
+    """Streams, then every service consumer; returns what exists afterwards, for the setup job's log."""
+    await ensure_streams(js, settings)
+    for d in SERVICE_CONSUMERS:
+        await ensure_consumer(js, d, settings)
+    return [c.name for c in stream_configs(settings)] + [f"{d.stream}/{d.name}" for d in SERVICE_CONSUMERS]

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
 from microturn.bus import rejects
 from microturn.bus.connection import Bus
 from microturn.bus.errors import Defer, PermanentError, PublishError, Rejected
 from microturn.bus.rejects import Rejections
+from microturn.bus.streams import Durable, attempts, ensure_consumer
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +42,15 @@ class Attempt:
 
 
 Handler = Callable[[Msg, Attempt], Awaitable[None]]
-FROM_SETTINGS = -1  # max_attempts: use bus.max_attempts
 DeadHook = Callable[[Msg, str], Awaitable[None]]
 
 
 class WorkQueue:
     """Run ``handler`` for every message on a durable consumer, at most ``concurrency`` at a time.
 
-    ``max_attempts``: deliveries before dead-lettering (default ``bus.max_attempts``; None: unbounded,
-    for queues whose handler defers by design, like timers). ``on_dead`` runs before a message is
+    ``consumer``: which durable consumer (``streams.SERVICE_CONSUMERS``); its ``max_attempts`` is the
+    deliveries before dead-lettering. It is created here when ``bus.manage_topology`` is on; otherwise
+    it must exist (``microturn bus setup``). ``on_dead`` runs before a message is
     dead-lettered, e.g. to tell the session its delegation was given up. Every dead letter is counted
     in ``rejections`` (default: the counter of ``kind``) under a code saying why.
     """
@@ -59,24 +59,21 @@ class WorkQueue:
         self,
         bus: Bus,
         *,
-        stream: str,
-        subject: str,
-        durable: str,
+        consumer: Durable,
         kind: str,
         handler: Handler,
         concurrency: int,
-        max_attempts: int | None = FROM_SETTINGS,
         on_dead: DeadHook | None = None,
         rejections: Rejections | None = None,
     ) -> None:
         self.bus = bus
-        self.stream = stream
-        self.subject = subject
-        self.durable = durable
+        self.consumer = consumer
+        self.stream = consumer.stream
+        self.durable = consumer.name
         self.kind = kind
         self.handler = handler
         self.concurrency = concurrency
-        self.max_attempts = bus.settings.max_attempts if max_attempts == FROM_SETTINGS else max_attempts
+        self.max_attempts = attempts(consumer, bus.settings)
         self.on_dead = on_dead
         self.rejections = rejections or Rejections.for_kind(kind, bus.settings)
         self._sub: JetStreamContext.PullSubscription | None = None
@@ -88,23 +85,10 @@ class WorkQueue:
     def in_flight(self) -> int:
         return len(self._tasks)
 
-    def consumer_config(self) -> ConsumerConfig:
-        s = self.bus.settings
-        return ConsumerConfig(
-            durable_name=self.durable,
-            filter_subject=self.subject,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=s.ack_wait_s,
-            # One delivery past the limit, so a message that crashed every attempt is seen once more
-            # and dead-lettered instead of silently dropped by the server.
-            max_deliver=self.max_attempts + 1 if self.max_attempts is not None else -1,
-            max_ack_pending=max(1000, self.concurrency * 4),
-        )
-
     async def start(self) -> None:
         async def subscribe() -> JetStreamContext.PullSubscription:
-            await self.bus.js.add_consumer(self.stream, self.consumer_config())
+            if self.bus.settings.manage_topology:
+                await ensure_consumer(self.bus.js, self.consumer, self.bus.settings)
             return await self.bus.js.pull_subscribe_bind(self.durable, stream=self.stream)
 
         self._sub = await self.bus.retrying(subscribe, f"create consumer {self.stream}/{self.durable}")

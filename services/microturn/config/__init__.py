@@ -20,6 +20,8 @@ from microturn.config.settings import (
     TelemetrySettings,
     ToolsSettings,
     load_settings,
+    setting_paths,
+    unknown_env_vars,
 )
 
 __all__ = [
@@ -35,4 +37,6 @@ __all__ = [
     "TelemetrySettings",
     "ToolsSettings",
     "load_settings",
+    "setting_paths",
+    "unknown_env_vars",
 ]

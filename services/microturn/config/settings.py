@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "MICROTURN_"
@@ -35,8 +44,53 @@ class NatsSettings(_Section):
     host: str = "127.0.0.1"
     port: Port = 4222
     monitor_port: Port = 8222
+    user: str | None = Field(
+        None,
+        description="NATS user of this service (one per service: interaction, background, tools, setup; "
+        "see microturn.bus.permissions); unset: connect without credentials",
+    )
+    password: SecretStr | None = Field(None, description="password of nats.user (never logged)")
+    tls_ca: Path | None = Field(
+        None, description="PEM CA bundle that verifies the NATS server's certificate; set: TLS is required"
+    )
+    tls_cert: Path | None = Field(None, description="PEM client certificate for mutual TLS (with tls_key)")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_handshake_first: bool = Field(
+        False,
+        description="start TLS before the server's first message (the server needs tls.handshake_first); "
+        "without it a server that offers no TLS is only detected after the credentials were sent",
+    )
 
     _check_ports = field_validator("port", "monitor_port")(_port)
+
+    @field_validator("user")
+    @classmethod
+    def _user_token(cls, v: str | None) -> str | None:
+        # The user name is part of the connection's inbox prefix (_INBOX.<user>): one subject token.
+        if v is not None and not (
+            0 < len(v) <= 64 and all(c.isascii() and (c.isalnum() or c in "_-") for c in v)
+        ):
+            raise ValueError(f"a NATS user is 1-64 letters, digits, '_' or '-', got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _pairs(self) -> NatsSettings:
+        if (self.user is None) != (self.password is None):
+            raise ValueError("set both nats.user and nats.password, or neither")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set both nats.tls_cert and nats.tls_key (mutual TLS), or neither")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """Whether the connection must use TLS (a CA, a client certificate, handshake first, or a
+        ``tls://`` URL; without a CA the system's trusted CAs verify the server)."""
+        return (
+            self.tls_ca is not None
+            or self.tls_cert is not None
+            or self.tls_handshake_first
+            or self.client_url.startswith("tls://")
+        )
 
     @property
     def client_url(self) -> str:
@@ -161,6 +215,32 @@ class EdgeSettings(_Section):
     ice_host_addresses: list[str] = Field(
         default_factory=list, description="gather host candidates only on these addresses (e.g. 127.0.0.1)"
     )
+    ice_port_min: int | None = Field(
+        None,
+        description="lowest UDP port of ICE host candidates (with ice_port_max; both unset: any ephemeral "
+        "port). One port per call and host address: open this range in the firewall",
+    )
+    ice_port_max: int | None = Field(
+        None, description="highest UDP port of ICE host candidates (see ice_port_min)"
+    )
+    ice_advertised_address: str | None = Field(
+        None,
+        description="IP address the answer gives for host candidates instead of the bound one, ports unchanged "
+        "(a hostPort or 1:1 NAT: the node's or public IP); unset: the bound address",
+    )
+    turn_shared_secret: SecretStr | None = Field(
+        None,
+        description="the TURN server's shared secret (coturn use-auth-secret / static-auth-secret): turn: "
+        "servers in ice_servers without a username get per-session credentials from it (TURN REST API), "
+        "so no long-lived TURN password reaches a browser",
+    )
+    turn_credential_ttl_s: float = Field(
+        3600.0, gt=0, le=7 * 86_400, description="per-session TURN credentials are valid this long"
+    )
+    ice_transport_policy: Literal["all", "relay"] = Field(
+        "all",
+        description="relay: the edge offers only TURN relay candidates (needs a turn: server in ice_servers)",
+    )
     token_secret: str | None = Field(
         None, description="HMAC key of session tokens; unset: random per process"
     )
@@ -192,6 +272,40 @@ class EdgeSettings(_Section):
 
     _check_ports = field_validator("port")(_port)
 
+    @field_validator("ice_port_min", "ice_port_max")
+    @classmethod
+    def _ice_port(cls, v: int | None) -> int | None:
+        if v is not None and not 1024 <= v <= 65535:
+            raise ValueError(f"an ICE UDP port must be between 1024 and 65535, got {v}")
+        return v
+
+    @field_validator("ice_advertised_address")
+    @classmethod
+    def _ip_address(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            return str(ipaddress.ip_address(v))
+        except ValueError:
+            raise ValueError(
+                f"ice_advertised_address must be an IP address (no host name), got {v!r}"
+            ) from None
+
+    @model_validator(mode="after")
+    def _ice_consistent(self) -> EdgeSettings:
+        lo, hi = self.ice_port_min, self.ice_port_max
+        if (lo is None) != (hi is None):
+            raise ValueError("set both edge.ice_port_min and edge.ice_port_max, or neither")
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"edge.ice_port_min ({lo}) is above edge.ice_port_max ({hi})")
+        if self.ice_transport_policy == "relay" and not any(
+            u.split(":", 1)[0] in ("turn", "turns") for s in self.ice_servers for u in s.urls
+        ):
+            raise ValueError(
+                'edge.ice_transport_policy "relay" needs a turn: or turns: server in edge.ice_servers'
+            )
+        return self
+
 
 class TelemetrySettings(_Section):
     """Traces, metrics and logs (see microturn.telemetry)."""
@@ -216,6 +330,17 @@ class BusSettings(_Section):
         30.0, gt=0, le=3600, description="redeliver work not acked (or kept alive) this long"
     )
     max_attempts: int = Field(5, ge=1, le=100, description="deliveries before a message is dead-lettered")
+    max_ack_pending: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="unacked messages a service's consumer may have out, all instances together",
+    )
+    manage_topology: bool = Field(
+        True,
+        description="services create/update the streams and their consumers at start; off when a setup job "
+        "(`microturn bus setup`, the chart's hook) does it and their NATS users may not",
+    )
     retry_delay_s: float = Field(
         1.0, ge=0, le=600, description="nak delay after a failed attempt (times attempt)"
     )
@@ -277,6 +402,13 @@ class ToolsSettings(_Section):
     grpc_enabled: bool = True
     grpc_host: str = "127.0.0.1"
     grpc_port: Port = 9100
+    grpc_tls_cert: Path | None = Field(
+        None, description="PEM certificate (chain) of the gRPC Tools API; set with grpc_tls_key: TLS only"
+    )
+    grpc_tls_key: Path | None = Field(None, description="PEM private key of grpc_tls_cert")
+    grpc_tls_client_ca: Path | None = Field(
+        None, description="PEM CA bundle: gRPC clients must present a certificate it signed (mutual TLS)"
+    )
     concurrency: int = Field(16, ge=1, le=1024, description="tool calls in flight per instance")
     project_docs_dir: Path | None = Field(Path("docs"), description="the project's docs, searched by default")
     knowledge_dir: Path | None = Field(None, description="an extra folder of .md/.txt files to search")
@@ -293,6 +425,14 @@ class ToolsSettings(_Section):
     )
 
     _check_ports = field_validator("grpc_port")(_port)
+
+    @model_validator(mode="after")
+    def _grpc_tls(self) -> ToolsSettings:
+        if (self.grpc_tls_cert is None) != (self.grpc_tls_key is None):
+            raise ValueError("set both tools.grpc_tls_cert and tools.grpc_tls_key, or neither")
+        if self.grpc_tls_client_ca is not None and self.grpc_tls_cert is None:
+            raise ValueError("tools.grpc_tls_client_ca needs tools.grpc_tls_cert and tools.grpc_tls_key")
+        return self
 
 
 class Settings(BaseSettings):
@@ -359,6 +499,30 @@ def _env_overrides(environ: Any) -> set[tuple[str, ...]]:
         if name.startswith(ENV_PREFIX) and name != CONFIG_ENV:
             keys.add(tuple(name[len(ENV_PREFIX) :].lower().split("__")))
     return keys
+
+
+def setting_paths() -> dict[str, tuple[str, ...]]:
+    """Every settable environment variable name -> its path in :class:`Settings`."""
+    out: dict[str, tuple[str, ...]] = {}
+
+    def walk(model: type[BaseModel], path: tuple[str, ...]) -> None:
+        for name, field in model.model_fields.items():
+            sub = (*path, name)
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, sub)
+            else:
+                out[ENV_PREFIX + "__".join(p.upper() for p in sub)] = sub
+
+    walk(Settings, ())
+    return out
+
+
+def unknown_env_vars(environ: Any = None) -> list[str]:
+    """``MICROTURN_*`` variables that name no setting (a typo would otherwise be ignored silently)."""
+    environ = os.environ if environ is None else environ
+    known = setting_paths()
+    return sorted(n for n in environ if n.startswith(ENV_PREFIX) and n != CONFIG_ENV and n not in known)
 
 
 def load_settings(

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from microturn.config import Settings
-from microturn.edge.peer import EdgeSession
+from microturn.edge.peer import EdgeSession, NoCandidates
 from microturn.edge.sdp import SdpError, parse_offer
 from microturn.edge.server import EdgeFull, EdgeServer
 from microturn.edge.tokens import TokenError
@@ -123,7 +123,7 @@ def create_app(
             session_id=session.session_id,
             token=token,
             expires_at_unix_ms=expires,
-            ice_servers=[s.model_dump(exclude_none=True) for s in settings.edge.ice_servers],
+            ice_servers=[s.model_dump(exclude_none=True) for s in session.ice_servers],
             limits={
                 "chunk_ms": settings.limits.chunk_ms,
                 "max_text_bytes": settings.limits.max_text_bytes_per_chunk,
@@ -150,6 +150,9 @@ def create_app(
             raise HTTPException(409, f"session {session_id} already has a peer connection")
         try:
             answer = await session.accept_offer(desc)
+        except NoCandidates as exc:  # the edge's lack, not the offer's fault: try again later
+            await edge.close(session_id, "no ICE candidate")
+            raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from None
         except Exception as exc:
             # aiortc refused an offer the checks let through: release its peer connection now
             # rather than at the reaper, and tell the client why

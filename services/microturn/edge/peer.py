@@ -21,7 +21,14 @@ from typing import Any
 import av
 import grpc
 import numpy as np
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCIceTransportPolicy,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamError
 from opentelemetry import metrics
 
@@ -36,7 +43,9 @@ from microturn.edge.events import (
     parse_client_message,
     state_event,
 )
+from microturn.edge.ice import advertise_host_candidates, sdp_candidates
 from microturn.edge.playout import PlayoutTrack
+from microturn.edge.turn import session_ice_servers
 from microturn.interaction.client import InteractionSession, SessionClosed, SessionRejected
 from microturn.protocol.chunks import input_chunk
 from microturn.protocol.clock import ChunkClock, now_unix_ms
@@ -46,6 +55,10 @@ from microturn.v1 import media_pb2
 log = logging.getLogger(__name__)
 
 OPEN_ATTEMPTS = 8
+
+
+class NoCandidates(RuntimeError):
+    """The answer has no ICE candidate: the edge has no way to receive this call's media now."""
 
 
 class EdgeSession:
@@ -64,6 +77,8 @@ class EdgeSession:
             metrics.NoOpMeter("microturn.edge"), self.cfg.client_error_log_interval_s
         )
         self.limits = settings.limits
+        # Both sides of this call use the same servers (TURN credentials are per session).
+        self.ice_servers = session_ice_servers(self.cfg, session_id)
         self.channel = channel
         self.clock = ChunkClock(self.limits.chunk_ms)
         self.state = "created"
@@ -87,10 +102,10 @@ class EdgeSession:
     # -- signalling ----------------------------------------------------------------------------
     async def accept_offer(self, offer: RTCSessionDescription) -> RTCSessionDescription:
         servers = [
-            RTCIceServer(urls=s.urls, username=s.username, credential=s.credential)
-            for s in self.cfg.ice_servers
+            RTCIceServer(urls=s.urls, username=s.username, credential=s.credential) for s in self.ice_servers
         ]
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
+        policy = RTCIceTransportPolicy(self.cfg.ice_transport_policy)
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=servers, iceTransportPolicy=policy))
         self.pc = pc
         pc.on("track", self._on_track)
         pc.on("datachannel", self._on_datachannel)
@@ -98,8 +113,17 @@ class EdgeSession:
         await pc.setRemoteDescription(offer)
         pc.addTrack(self.playout)
         await pc.setLocalDescription(await pc.createAnswer())
+        answer = pc.localDescription
+        if not sdp_candidates(answer.sdp):
+            raise NoCandidates(
+                "the edge gathered no ICE candidate for this call (no free port in edge.ice_port_min.."
+                "ice_port_max, no usable host address, or the TURN server did not answer); see the edge's log"
+            )
         self.state = "connecting"
-        return pc.localDescription
+        if self.cfg.ice_advertised_address:
+            sdp = advertise_host_candidates(answer.sdp, self.cfg.ice_advertised_address)
+            answer = RTCSessionDescription(sdp=sdp, type=answer.type)
+        return answer
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":

@@ -9,13 +9,13 @@ import logging
 import secrets
 import time
 
-import aioice.ice
 import grpc
 from opentelemetry import metrics
 from opentelemetry.metrics import Observation
 
 from microturn.config import Settings
 from microturn.edge.events import ClientErrors
+from microturn.edge.ice import pin_host_candidates, use_port_range
 from microturn.edge.peer import EdgeSession
 from microturn.edge.tokens import SessionTokens
 
@@ -24,15 +24,6 @@ log = logging.getLogger(__name__)
 
 class EdgeFull(Exception):
     pass
-
-
-def pin_host_candidates(addresses: list[str]) -> None:
-    """Gather ICE host candidates only on these addresses (aioice otherwise uses every interface
-    except loopback). For a single-machine run on 127.0.0.1, or to advertise one pod address."""
-    pinned = list(addresses)
-    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [  # type: ignore[assignment]
-        a for a in pinned if (":" in a and use_ipv6) or (":" not in a and use_ipv4)
-    ]
 
 
 class EdgeServer:
@@ -45,6 +36,7 @@ class EdgeServer:
         self._reaper: asyncio.Task[None] | None = None
         if self.cfg.ice_host_addresses:
             pin_host_candidates(self.cfg.ice_host_addresses)
+        use_port_range(self.cfg.ice_port_min, self.cfg.ice_port_max)  # unset: aioice's own binding
         meter = (meter_provider or metrics.get_meter_provider()).get_meter("microturn.edge")
         self.client_errors = ClientErrors(meter, self.cfg.client_error_log_interval_s)
         meter.create_observable_gauge(

@@ -57,9 +57,7 @@ class DelegationBridge:
     async def _connect(self) -> None:
         while self.bus is None:
             try:
-                self.bus = await Bus.connect(
-                    self.settings.nats.client_url, self.settings.bus, name="interaction"
-                )
+                self.bus = await Bus.connect(self.settings.nats, self.settings.bus, name="interaction")
             except Exception as exc:  # NATS not up yet: sessions work meanwhile, delegations wait
                 log.warning("bus not reachable (%s); retrying", exc)
                 await asyncio.sleep(1.0)

@@ -1,13 +1,13 @@
 """Render the Serve config for a run and deploy it through the Serve REST API (what
 ``serve deploy`` does), then wait for the application to be RUNNING.
 
-``python -m microturn.interaction.serve_config --deploy`` is the local run's deployer; the
-Kubernetes chart embeds the same rendered config in a RayService.
+``microturn interaction --deploy`` is the local run's deployer; the Kubernetes chart embeds the same
+config in a RayService (charts/microturn/files/serve.yaml is a copy of serve.yaml, and a test checks
+that the chart's serveConfigV2 equals :func:`render` for the same settings).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import signal
@@ -18,8 +18,9 @@ from typing import Any
 
 import httpx
 import yaml
+from pydantic import BaseModel, SecretStr
 
-from microturn.config import Settings, load_settings
+from microturn.config import Settings
 
 TEMPLATE = Path(__file__).with_name("serve.yaml")
 APPLICATIONS_PATH = "/api/serve/applications/"
@@ -33,12 +34,10 @@ def render(settings: Settings) -> dict[str, Any]:
     (app,) = doc["applications"]
     app["name"] = cfg.app_name
     app["route_prefix"] = f"/{cfg.app_name}"
-    # Replicas load the same settings; pass what differs from the defaults of a fresh process.
-    app["args"] = {
-        "settings": settings.model_dump(
-            mode="json", include={"nats", "bus", "limits", "interaction", "telemetry"}, exclude_none=True
-        )
-    }
+    # Replicas load their settings from these overrides (above their environment, which supplies
+    # secrets such as NATS credentials: those never go into a Serve config); only what differs from
+    # the defaults of a fresh process.
+    app["args"] = {"settings": replica_settings(settings)}
     (dep,) = app["deployments"]
     dep["num_replicas"] = cfg.replicas
     dep["max_ongoing_requests"] = max(dep["max_ongoing_requests"], 2 * cfg.session_slots)
@@ -48,11 +47,39 @@ def render(settings: Settings) -> dict[str, Any]:
     return doc
 
 
+REPLICA_SECTIONS = ("nats", "bus", "limits", "interaction", "telemetry")
+
+
+# Who a replica is on NATS comes with its password, from the environment of the Ray pods (a Secret).
+CREDENTIALS = {"nats": {"user", "password"}}
+
+
+def replica_settings(settings: Settings) -> dict[str, Any]:
+    """The settings a replica needs, as non-default overrides without credentials: a Serve config is
+    readable by anyone who can read the RayService (or the Ray dashboard)."""
+    dumped = settings.model_dump(mode="json", include=set(REPLICA_SECTIONS), exclude_defaults=True)
+    for section, names in CREDENTIALS.items():
+        for name in names:
+            dumped.get(section, {}).pop(name, None)
+    return _drop_secrets(dumped, settings)
+
+
+def _drop_secrets(values: dict[str, Any], model: Any) -> dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+        field_value = getattr(model, key)
+        if isinstance(field_value, SecretStr):
+            continue
+        nested = isinstance(value, dict) and isinstance(field_value, BaseModel)
+        out[key] = _drop_secrets(value, field_value) if nested else value
+    return {k: v for k, v in out.items() if v != {}}
+
+
 def dashboard_url(settings: Settings) -> str:
     return f"http://127.0.0.1:{settings.ray.dashboard_port}"
 
 
-def deploy(dashboard: str, config: dict[str, Any], timeout_s: float = 10.0) -> None:
+def deploy_config(dashboard: str, config: dict[str, Any], timeout_s: float = 10.0) -> None:
     r = httpx.put(dashboard + APPLICATIONS_PATH, json=config, timeout=timeout_s)
     if r.status_code >= 400:
         raise RuntimeError(f"Serve rejected the config ({r.status_code}): {r.text}")
@@ -90,43 +117,42 @@ def is_running(settings: Settings) -> bool:
         return False
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--print", action="store_true", help="print the rendered config as YAML")
-    p.add_argument("--deploy", action="store_true", help="deploy it and wait until RUNNING")
-    p.add_argument(
-        "--watch", action="store_true", help="after deploying, report status changes until stopped"
-    )
-    p.add_argument("--timeout", type=float, default=300.0)
-    ns = p.parse_args(argv)
-    settings = load_settings()
+def run(
+    settings: Settings, *, print_config: bool, deploy: bool, watch: bool, timeout_s: float = 300.0
+) -> int:
+    """``microturn interaction``: print and/or deploy the rendered config (and watch it)."""
     config = render(settings)
-    if ns.print:
-        print(yaml.safe_dump(config, sort_keys=False))
-    if ns.deploy:
-        dash, name = dashboard_url(settings), settings.interaction.app_name
-        deploy(dash, config)
-        print(f"deployed application {name}; waiting for it to run", flush=True)
-        wait_running(dash, name, ns.timeout)
-        print(
-            json.dumps(
-                {"application": name, "status": "RUNNING", "grpc_port": settings.interaction.grpc_port}
-            ),
-            flush=True,
-        )
-        if ns.watch:
-            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-            last = "RUNNING"
-            while True:
-                time.sleep(2.0)
-                try:
-                    status, message = app_status(dash, name)
-                except httpx.HTTPError as exc:
-                    status, message = "UNREACHABLE", str(exc)
-                if status != last:
-                    print(f"application {name}: {status} {message}", flush=True)
-                    last = status
+    if print_config or not deploy:
+        print(yaml.safe_dump(config, sort_keys=False), end="")
+    if not deploy:
+        return 0
+    dash, name = dashboard_url(settings), settings.interaction.app_name
+    deploy_config(dash, config)
+    print(f"deployed application {name}; waiting for it to run", flush=True)
+    wait_running(dash, name, timeout_s)
+    print(
+        json.dumps({"application": name, "status": "RUNNING", "grpc_port": settings.interaction.grpc_port}),
+        flush=True,
+    )
+    if watch:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        last = "RUNNING"
+        while True:
+            time.sleep(2.0)
+            try:
+                status, message = app_status(dash, name)
+            except httpx.HTTPError as exc:
+                status, message = "UNREACHABLE", str(exc)
+            if status != last:
+                print(f"application {name}: {status} {message}", flush=True)
+                last = status
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from microturn.cli import main as cli_main
+
+    return cli_main(["interaction", *(argv if argv is not None else sys.argv[1:])])
 
 
 if __name__ == "__main__":

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TextIO
 
 import psutil
+from pydantic import SecretStr
 
+from microturn.bus.permissions import INTERACTION, SETUP, generate_passwords
 from microturn.config import Settings
 from microturn.localrun.nats import NatsServer
 from microturn.localrun.ports import check_ports_free
@@ -33,32 +36,75 @@ MAX_RESTARTS = 3
 RESTART_WINDOW_S = 60.0
 
 
-def nats_spec(settings: Settings) -> ServiceSpec:
+def nats_env(user: str, passwords: Mapping[str, str] | None) -> dict[str, str]:
+    """A child's NATS credentials (none with an external NATS). The embedded server's topology is
+    made by the setup step, so services only bind, as on Kubernetes."""
+    if passwords is None:
+        return {}
+    return {
+        "MICROTURN_NATS__USER": user,
+        "MICROTURN_NATS__PASSWORD": passwords[user],
+        "MICROTURN_BUS__MANAGE_TOPOLOGY": "false",
+    }
+
+
+def _as_user(settings: Settings, user: str, passwords: Mapping[str, str]) -> Settings:
+    nats = settings.nats.model_copy(update={"user": user, "password": SecretStr(passwords[user])})
+    return settings.model_copy(update={"nats": nats})
+
+
+def nats_spec(settings: Settings, passwords: Mapping[str, str] | None = None) -> ServiceSpec:
+    """The embedded nats-server; with ``passwords`` (user -> password) it admits only those users,
+    and is ready once JetStream is up and the setup step (as ``setup``) made the streams and consumers."""
     server = NatsServer(
         store_dir=settings.state_dir / "nats",
         host=settings.nats.host,
         port=settings.nats.port,
         monitor_port=settings.nats.monitor_port,
+        users=passwords,
     )
+    server.write_config()  # no secrets in it: the server reads the passwords from its environment
+    ready = server.is_ready
+    if passwords is not None:
+        setup_settings = _as_user(settings, SETUP, passwords)
+
+        def ready() -> bool:  # runs in a thread (ManagedProcess.wait_ready)
+            return server.is_ready() and _set_up(setup_settings)
+
     return ServiceSpec(
         name="nats",
         argv=server.command(),
-        ready=server.is_ready,
+        ready=ready,
         endpoints={"url": server.url, "monitor": f"http://{server.host}:{server.monitor_port}"},
+        env=server.env(),
         ready_timeout_s=30.0,
     )
 
 
-def interaction_spec(settings: Settings) -> ServiceSpec:
-    """Deploys the Serve config to the Ray cluster and reports the application's status."""
+def _set_up(settings: Settings) -> bool:
+    """``microturn bus setup`` against the embedded server (again after each restart: idempotent)."""
+    from microturn.bus.setup import setup
+
+    try:
+        asyncio.run(setup(settings, timeout_s=5.0))
+        return True
+    except Exception as exc:
+        print(f"microturn: bus setup failed, retrying: {exc}", file=sys.stderr)
+        return False
+
+
+def interaction_spec(settings: Settings, passwords: Mapping[str, str] | None = None) -> ServiceSpec:
+    """Deploys the Serve config to the Ray cluster and reports the application's status. (The
+    replicas' credentials come from the Ray head's environment, never through the Serve config.)"""
     from microturn.interaction.serve_config import is_running
 
     cfg = settings.interaction
     return ServiceSpec(
         name="interaction",
-        argv=[sys.executable, "-m", "microturn.interaction.serve_config", "--deploy", "--watch"],
+        argv=[sys.executable, "-m", "microturn", "interaction", "--deploy", "--watch"],
         ready=lambda: is_running(settings),
         endpoints={"grpc": f"{cfg.host}:{cfg.grpc_port}", "application": cfg.app_name},
+        env={"MICROTURN_BUS__MANAGE_TOPOLOGY": "false"} if passwords is not None else {},
         ready_timeout_s=300.0,
         stop_grace_s=5.0,
     )
@@ -75,11 +121,11 @@ def _http_ok(url: str) -> Callable[[], bool]:
     return probe
 
 
-# Services that run as `python -m microturn.<name>`, with their /metrics + /healthz port offset.
+# Services that run as `microturn <name>`, with their /metrics + /healthz port offset.
 BUS_SERVICES = {"tools": 1, "background": 2}
 
 
-def service_spec(settings: Settings, name: str) -> ServiceSpec:
+def service_spec(settings: Settings, name: str, passwords: Mapping[str, str] | None = None) -> ServiceSpec:
     port = settings.telemetry.local_metrics_base_port + BUS_SERVICES[name]
     host = settings.telemetry.metrics_host
     endpoints = {"metrics": f"http://{host}:{port}/metrics"}
@@ -87,10 +133,10 @@ def service_spec(settings: Settings, name: str) -> ServiceSpec:
         endpoints["grpc"] = f"127.0.0.1:{settings.tools.grpc_port}"
     return ServiceSpec(
         name=name,
-        argv=[sys.executable, "-m", f"microturn.{name}"],
+        argv=[sys.executable, "-m", "microturn", name],
         ready=_http_ok(f"http://{host}:{port}/healthz"),
         endpoints=endpoints,
-        env={"MICROTURN_TELEMETRY__METRICS_PORT": str(port)},
+        env={"MICROTURN_TELEMETRY__METRICS_PORT": str(port), **nats_env(name, passwords)},
         ready_timeout_s=180.0,
     )
 
@@ -99,7 +145,7 @@ def edge_spec(settings: Settings) -> ServiceSpec:
     url = f"http://{settings.edge.host}:{settings.edge.port}"
     return ServiceSpec(
         name="edge",
-        argv=[sys.executable, "-m", "microturn.edge"],
+        argv=[sys.executable, "-m", "microturn", "edge"],
         ready=_http_ok(f"{url}/healthz"),
         endpoints={"open": f"{url}/"},
         ready_timeout_s=60.0,
@@ -110,12 +156,16 @@ def build_specs(settings: Settings) -> list[ServiceSpec]:
     """The children of a local run, in start order (stopped in reverse): infrastructure first,
     then the services from the back of the data path to the front, the edge last."""
     specs = []
+    # The embedded server gets fresh random passwords at every start, one per NATS user.
+    passwords = generate_passwords() if settings.nats.url is None else None
     if settings.nats.url is None:
-        specs.append(nats_spec(settings))
-    specs += [service_spec(settings, "tools"), service_spec(settings, "background")]
+        specs.append(nats_spec(settings, passwords))
+    specs += [service_spec(settings, "tools", passwords), service_spec(settings, "background", passwords)]
     if settings.ray.address is None:
-        specs.append(ray_head_spec(settings.ray, settings.state_dir))
-        specs.append(interaction_spec(settings))
+        head = ray_head_spec(settings.ray, settings.state_dir)
+        # Serve replicas inherit the Ray head's environment: the interaction user's credentials.
+        specs.append(dataclasses.replace(head, env={**head.env, **nats_env(INTERACTION, passwords)}))
+        specs.append(interaction_spec(settings, passwords))
     specs.append(edge_spec(settings))
     return specs
 

@@ -33,15 +33,22 @@ class ToolsService:
         clock.warm_up()
         if s.tools.knowledge_preload:
             await self.index.load()
-        self.bus = await Bus.connect(s.nats.client_url, s.bus, name="microturn-tools")
+        self.bus = await Bus.connect(s.nats, s.bus, name="microturn-tools")
         executor = ToolExecutor(build_registry(s.tools, self.index), timers=BusTimerScheduler(self.bus))
         self.worker = ToolWorker(self.bus, executor, s.tools.concurrency, s.tools.max_timer_s)
         await self.worker.start()
         if s.tools.grpc_enabled:
             self.grpc = await start_grpc(
-                executor, s.tools.grpc_host, s.tools.grpc_port, s.bus.max_payload_bytes
+                executor,
+                s.tools.grpc_host,
+                s.tools.grpc_port,
+                s.bus.max_payload_bytes,
+                tls_cert=s.tools.grpc_tls_cert,
+                tls_key=s.tools.grpc_tls_key,
+                tls_client_ca=s.tools.grpc_tls_client_ca,
             )
-            log.info("tools gRPC on %s:%d", s.tools.grpc_host, s.tools.grpc_port)
+            tls = " (mutual TLS)" if s.tools.grpc_tls_client_ca else " (TLS)" if s.tools.grpc_tls_cert else ""
+            log.info("tools gRPC on %s:%d%s", s.tools.grpc_host, s.tools.grpc_port, tls)
 
     async def stop(self) -> None:
         grace = self.settings.bus.shutdown_grace_s

@@ -19,7 +19,7 @@ from typing import Any
 from nats.aio.msg import Msg
 from opentelemetry import trace
 
-from microturn.bus import Attempt, Bus, Defer, Rejected, WorkQueue, rejects, subjects, trace_context
+from microturn.bus import Attempt, Bus, Defer, Rejected, WorkQueue, durable, rejects, subjects, trace_context
 from microturn.telemetry import log_context, session_attributes
 from microturn.tools.executor import ToolExecutor
 from microturn.tools.metrics import TIMERS_FIRED, record_call
@@ -37,22 +37,19 @@ class ToolWorker:
         self.max_timer_s = max_timer_s
         self.calls = WorkQueue(
             bus,
-            stream=subjects.TOOL_CALLS_STREAM,
-            subject=subjects.TOOL_CALL,
-            durable=subjects.TOOLS_CONSUMER,
+            consumer=durable(subjects.TOOLS_CONSUMER),
             kind="tool",
             handler=self.handle_call,
             concurrency=concurrency,
         )
         self.timers = WorkQueue(
             bus,
-            stream=subjects.TIMERS_STREAM,
-            subject=subjects.TIMERS,
-            durable=subjects.TIMERS_CONSUMER,
+            consumer=durable(
+                subjects.TIMERS_CONSUMER
+            ),  # unbounded attempts: a waiting timer is redelivered by design
             kind="timer",
             handler=self.handle_timer,
             concurrency=concurrency,
-            max_attempts=None,  # a waiting timer is redelivered many times by design
         )
 
     async def start(self) -> None:
