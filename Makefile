@@ -22,7 +22,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: install up down test bench eval train lint protos system-deps clean fuzz soak bench-recovery \
-	helm chart-check image
+	helm chart-check chart-generate image
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -70,7 +70,12 @@ test: install system-deps $(HELM)
 # helm lint --strict, helm template over charts/microturn/ci/*.yaml, every object validated by
 # kubernetes-validate (two Kubernetes versions) and the custom resources by the vendored CRDs.
 chart-check: install $(HELM)
+	$(PY) -m microturn.deploy.chartfiles --check
 	HELM_BINARY=$(HELM) $(PY) -m pytest tests/chart -q $(PYTEST_ARGS)
+
+# Rewrite the chart files derived from the code (settings schema, replica defaults, NATS users).
+chart-generate: install
+	$(PY) -m microturn.deploy.chartfiles
 
 # No image can be built on the CI machines (no container runtime); tests/chart checks the
 # Dockerfile's commands against the chart's instead.

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -114,16 +112,6 @@ def test_chart_serve_template_is_the_package_one():
     assert (CHART / "files/serve.yaml").read_bytes() == package, (
         "charts/microturn/files/serve.yaml differs from services/microturn/interaction/serve.yaml: copy it"
     )
-
-
-def test_settings_schema_in_values_schema_is_up_to_date():
-    out = subprocess.run(
-        [sys.executable, "-m", "microturn.config.schema", str(CHART / "values.schema.json"), "--check"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def _service_target(manifests, service_component: str, port_name: str, pod_ports: dict[str, int]) -> int:

@@ -29,7 +29,8 @@ import yaml
 from microturn.bus import streams, subjects
 from microturn.bus.permissions import USERS, password_env_var, permissions_data
 from microturn.config import load_settings, setting_paths
-from microturn.config import settings as settings_module
+from microturn.deploy import chartfiles
+from microturn.deploy.chartfiles import NATS_SECRET
 from microturn.interaction import serve_config
 
 from ..need import need
@@ -464,17 +465,11 @@ def test_serve_yaml_is_the_package_copy():
     assert (CHART / "files" / "serve.yaml").read_bytes() == serve_config.TEMPLATE.read_bytes()
 
 
-def _pydantic_replica_defaults() -> dict[str, Any]:
-    fields = settings_module.Settings.model_fields
-    return {name: fields[name].annotation().model_dump(mode="json") for name in serve_config.REPLICA_SECTIONS}
-
-
-def test_settings_defaults_file_is_current():
-    expected = _pydantic_replica_defaults()
-    path = CHART / "files" / "settings-defaults.yaml"
-    assert yaml.safe_load(path.read_text()) == expected, (
-        f"{path} is stale (the settings changed): {REGENERATE}"
-    )
+def test_generated_chart_files_are_current():
+    """values.schema.json's settings $defs, files/settings-defaults.yaml and charts/nats-values.yaml
+    follow the code (microturn.deploy.chartfiles)."""
+    stale = [p for p, text in chartfiles.generated(CHART.parent).items() if p.read_text() != text]
+    assert not stale, f"stale: {stale}; run `make chart-generate`"
 
 
 def effective_overrides(ci: str | None) -> dict[str, Any]:
@@ -679,7 +674,10 @@ def test_test_hooks_render_unless_skipped():
     assert {p["metadata"]["name"] for p in pods} == {
         f"{RELEASE}-microturn-test-healthz",
         f"{RELEASE}-microturn-test-call",
+        f"{RELEASE}-microturn-test-webrtc",
     }
+    webrtc = next(p for p in pods if p["metadata"]["name"].endswith("-webrtc"))
+    assert webrtc["spec"]["containers"][0]["command"][:3] == ["python", "-m", "loadtest.smoke"]
     call = next(p for p in pods if p["metadata"]["name"].endswith("-call"))
     cmd = call["spec"]["containers"][0]["command"]
     assert cmd[:2] == ["python", "/etc/microturn-tests/synthetic_call.py"]
@@ -756,19 +754,18 @@ def test_media_turn():
     edge = container_named(manifests, "/edge")
     assert "hostNetwork" not in pod and not [p for p in edge["ports"] if p.get("hostPort")]
     servers = json.loads(env_value(edge, "MICROTURN_EDGE__ICE_SERVERS"))
+    # No username: the edge derives per-session credentials from coturn's shared secret.
     assert servers == [
-        {
-            "urls": ["turn:turn.example.com:3478?transport=udp", "turn:turn.example.com:3478?transport=tcp"],
-            "username": "microturn",
-            "credential": "$(MT_ICE_CREDENTIAL_0)",
-        }
+        {"urls": ["turn:turn.example.com:3478?transport=udp", "turn:turn.example.com:3478?transport=tcp"]}
     ]
     turn_secret = f"{RELEASE}-microturn-turn"
-    assert env_of(edge)["MT_ICE_CREDENTIAL_0"]["valueFrom"]["secretKeyRef"]["name"] == turn_secret
+    ref = env_of(edge)["MICROTURN_EDGE__TURN_SHARED_SECRET"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": turn_secret, "key": "shared-secret"}
     coturn = one(manifests, "Deployment", "turn")
     (c,) = coturn["spec"]["template"]["spec"]["containers"]
     assert c["image"].startswith("coturn/coturn:") and "--external-ip=203.0.113.20" in c["args"]
-    assert "--user=microturn:$(TURN_PASSWORD)" in c["args"]
+    assert {"--use-auth-secret", "--static-auth-secret=$(TURN_SECRET)"} <= set(c["args"])
+    assert not [a for a in c["args"] if a.startswith(("--user=", "--lt-cred-mech"))]
     assert {p["protocol"] for p in one(manifests, "Service", "turn")["spec"]["ports"]} == {"UDP", "TCP"}
     assert [s for s in objects(manifests, "Secret") if s["metadata"]["name"] == turn_secret]
 
@@ -956,70 +953,12 @@ def test_every_value_is_documented():
     assert not missing, "values without a comment: " + ", ".join(missing)
 
 
-# -- the NATS release's values --------------------------------------------------------------------------
 NATS_VALUES = ROOT / "charts" / "nats-values.yaml"
-NATS_SECRET = "microturn-nats-credentials"  # the chart's generated Secret for a release named "microturn"
-NATS_VALUES_HEAD = """\
-# Values for the official NATS Helm chart (nats-io/k8s, chart "nats" 1.x), a separate release next to
-# microturn:
-#
-#   helm repo add nats https://nats-io.github.io/k8s/helm/charts/
-#   helm install nats nats/nats -n <namespace> -f charts/nats-values.yaml
-#
-# JetStream on, and one NATS user per microturn service with the permissions of
-# microturn.bus.permissions (permissions_data(manage_topology=False): the bus-setup hook creates the
-# streams and consumers, the services only bind). Generated: `python -m tests.chart.test_chart_render`
-# rewrites it, and tests/chart/test_chart_render.py fails when it differs from that table.
-#
-# The passwords are not in this file: nats-server reads them from its environment ($VAR references in
-# its config; `<< $VAR >>` is the chart's syntax for an unquoted value), and the environment takes them
-# from the Secret the microturn chart generates (or nats.auth.existingSecret):
-# "microturn-nats-credentials" is its name for a microturn release named "microturn" (for another
-# release name set the microturn chart's nats.auth.secretName to it, or edit the names below).
-# The NATS pods wait (CreateContainerConfigError) until that Secret exists, so either release may be
-# installed first. The microturn chart's defaults expect this release to be called "nats" in the same
-# namespace (Service nats; headless Service nats-headless for KEDA's monitoring endpoint).
-"""
 
 
-def nats_values_text() -> str:
-    """charts/nats-values.yaml, from microturn.bus.permissions."""
-    perm = permissions_data(manage_topology=False)
-    users = [
-        {
-            "user": u,
-            "password": f"<< ${password_env_var(u)} >>",
-            "permissions": {k: {"allow": perm[u][k]} for k in ("publish", "subscribe")},
-        }
-        for u in USERS
-    ]
-    env = {
-        password_env_var(u): {"valueFrom": {"secretKeyRef": {"name": NATS_SECRET, "key": u}}} for u in USERS
-    }
-    doc = {
-        "config": {
-            "jetstream": {"enabled": True, "fileStore": {"pvc": {"size": "10Gi"}}},
-            "monitor": {"enabled": True, "port": 8222},
-            "merge": {"authorization": {"users": users}},
-        },
-        "container": {"env": env},
-        "natsBox": {"enabled": False},
-    }
-    body = yaml.safe_dump(doc, sort_keys=False, width=200)
-    body = body.replace(
-        "natsBox:",
-        "# nats-box would need a NATS user of its own (every user above is a microturn service).\nnatsBox:",
-    )
-    body = re.sub(r"password: (<< \$\w+ >>)", r'password: "\1"', body)  # a string, not a YAML merge key
-    return NATS_VALUES_HEAD + body
-
-
-REGENERATE = "run `.venv/bin/python -m tests.chart.test_chart_render` to regenerate it"
-
-
+# -- the NATS release's values --------------------------------------------------------------------------
 def test_nats_values_declare_the_users_and_permissions():
     doc = yaml.safe_load(NATS_VALUES.read_text())
-    assert doc == yaml.safe_load(nats_values_text()), f"{NATS_VALUES} is stale: {REGENERATE}"
     assert doc["config"]["jetstream"]["enabled"] is True
     users = doc["config"]["merge"]["authorization"]["users"]
     assert [u["user"] for u in users] == list(USERS)
@@ -1053,17 +992,3 @@ def test_no_stray_files():
     ]
     assert not stray, stray
     assert Path(CHART / "files" / "serve.yaml").is_file()
-
-
-def write_generated_files() -> None:
-    """Rewrite the files this module checks against the code: charts/nats-values.yaml and the
-    chart's files/settings-defaults.yaml."""
-    NATS_VALUES.write_text(nats_values_text())
-    path = CHART / "files" / "settings-defaults.yaml"
-    head = "".join(line for line in path.read_text().splitlines(True) if line.startswith("#"))
-    path.write_text(head + yaml.safe_dump(_pydantic_replica_defaults(), sort_keys=True))
-    print(f"wrote {NATS_VALUES} and {path}")
-
-
-if __name__ == "__main__":
-    write_generated_files()

@@ -5,8 +5,8 @@ models the services load, so ``helm install`` rejects a setting the services wou
 key, wrong type, out of range) before anything starts. Secrets are left out of it: in a cluster they
 come from Kubernetes Secrets as environment variables, never from the ConfigMap.
 
-``python -m microturn.config.schema charts/microturn/values.schema.json`` rewrites the generated
-``$defs`` in place; ``--check`` fails when they are stale (a test runs it).
+``make chart-generate`` (:mod:`microturn.deploy.chartfiles`) rewrites the generated ``$defs`` in
+place; ``python -m microturn.config.schema FILE [--check]`` does it for one file.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""What the Kubernetes deployment derives from the code (see chartfiles)."""
