@@ -770,6 +770,36 @@ def test_media_turn():
     assert [s for s in objects(manifests, "Secret") if s["metadata"]["name"] == turn_secret]
 
 
+# -- TLS inside the cluster ------------------------------------------------------------------------
+def _mounted(manifests, suffix: str) -> dict[str, str]:
+    """mountPath -> Secret name of every Secret volume the container mounts."""
+    (spec, c) = next((spec, c) for where, spec, c in containers(manifests) if where.endswith(suffix))
+    secrets_ = {v["name"]: v["secret"]["secretName"] for v in spec.get("volumes", []) if "secret" in v}
+    return {m["mountPath"]: secrets_[m["name"]] for m in c.get("volumeMounts", []) if m["name"] in secrets_}
+
+
+def test_tls_for_nats_and_the_tools_grpc_api():
+    manifests = rendered("tls")
+    nats_clients = ["/background", "/tools", "/bus-setup", "/ray-worker"]
+    for suffix in nats_clients:
+        env = {k: v.get("value") for k, v in env_of(container_named(manifests, suffix)).items()}
+        assert env["MICROTURN_NATS__TLS_CA"] == "/etc/microturn-tls/nats/ca.crt", suffix
+        assert env["MICROTURN_NATS__TLS_CERT"].startswith("/etc/microturn-tls/nats/"), suffix
+        assert env["MICROTURN_NATS__TLS_HANDSHAKE_FIRST"] == "true", suffix
+        assert _mounted(manifests, suffix)["/etc/microturn-tls/nats"] == "microturn-nats-client-tls", suffix
+    tools = {k: v.get("value") for k, v in env_of(container_named(manifests, "/tools")).items()}
+    assert tools["MICROTURN_TOOLS__GRPC_TLS_CLIENT_CA"] == "/etc/microturn-tls/tools-grpc/ca.crt"
+    assert _mounted(manifests, "/tools")["/etc/microturn-tls/tools-grpc"] == "microturn-tools-grpc-tls"
+    assert "/etc/microturn-tls/tools-grpc" not in _mounted(manifests, "/background")
+    # Off by default: no TLS variables, no secret volumes.
+    plain = rendered()
+    for suffix in nats_clients:
+        assert not [k for k in env_of(container_named(plain, suffix)) if "TLS" in k], suffix
+    # On without a Secret: a clear error.
+    out = helm("template", *template_args([], {"nats.tls.enabled": "true"}), check=False)
+    assert out.returncode != 0 and "nats.tls.secretName is required" in out.stderr
+
+
 # -- network policies and monitors --------------------------------------------------------------------
 def test_network_policies():
     manifests = rendered("network-policies")

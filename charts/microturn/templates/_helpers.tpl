@@ -227,6 +227,53 @@ securityContext:
       name: {{ include "microturn.natsSecretName" $ctx }}
       key: {{ .user }}
 {{- end }}
+{{- include "microturn.natsTlsEnv" $ctx }}
+{{- end -}}
+
+{{/* NATS client TLS (ctx): the CA (and, for mutual TLS, a client certificate) from a Secret in the
+cert-manager layout (ca.crt, tls.crt, tls.key), mounted by microturn.tlsVolumes/tlsMounts. */}}
+{{- define "microturn.natsTlsEnv" -}}
+{{- with .Values.nats.tls }}{{ if .enabled }}
+- name: MICROTURN_NATS__TLS_CA
+  value: /etc/microturn-tls/nats/ca.crt
+{{- if .clientCert }}
+- name: MICROTURN_NATS__TLS_CERT
+  value: /etc/microturn-tls/nats/tls.crt
+- name: MICROTURN_NATS__TLS_KEY
+  value: /etc/microturn-tls/nats/tls.key
+{{- end }}
+{{- if .handshakeFirst }}
+- name: MICROTURN_NATS__TLS_HANDSHAKE_FIRST
+  value: "true"
+{{- end }}
+{{- end }}{{ end }}
+{{- end -}}
+
+{{/* Secret volumes of the TLS material a pod needs (ctx, tools: whether it serves the Tools gRPC API). */}}
+{{- define "microturn.tlsVolumes" -}}
+{{- if .ctx.Values.nats.tls.enabled }}
+- name: nats-tls
+  secret:
+    secretName: {{ required "nats.tls.secretName is required with nats.tls.enabled" .ctx.Values.nats.tls.secretName }}
+{{- end }}
+{{- if and .tools .ctx.Values.tools.grpcTls.enabled }}
+- name: tools-grpc-tls
+  secret:
+    secretName: {{ required "tools.grpcTls.secretName is required with tools.grpcTls.enabled" .ctx.Values.tools.grpcTls.secretName }}
+{{- end }}
+{{- end -}}
+
+{{- define "microturn.tlsMounts" -}}
+{{- if .ctx.Values.nats.tls.enabled }}
+- name: nats-tls
+  mountPath: /etc/microturn-tls/nats
+  readOnly: true
+{{- end }}
+{{- if and .tools .ctx.Values.tools.grpcTls.enabled }}
+- name: tools-grpc-tls
+  mountPath: /etc/microturn-tls/tools-grpc
+  readOnly: true
+{{- end }}
 {{- end -}}
 
 {{/* Metrics endpoint wiring of a bus service (port). */}}
@@ -286,8 +333,8 @@ The effective settings of the Serve replicas' sections: settings-defaults.yaml (
 {{- $user := .Values.config | default dict -}}
 {{- $i := .Values.interaction -}}
 {{- $nats := dict "url" (include "microturn.natsUrl" .) -}}
-{{- /* No credentials: the worker pods get MICROTURN_NATS__USER/PASSWORD from the Secret
-(serve_config.CREDENTIALS). */ -}}
+{{- /* No credentials or TLS files: the worker pods' environment has them
+(serve_config.FROM_POD_ENV). */ -}}
 {{- $wiring := dict
   "nats" $nats
   "bus" (dict "manage_topology" false)

@@ -50,15 +50,16 @@ def render(settings: Settings) -> dict[str, Any]:
 REPLICA_SECTIONS = ("nats", "bus", "limits", "interaction", "telemetry")
 
 
-# Who a replica is on NATS comes with its password, from the environment of the Ray pods (a Secret).
-CREDENTIALS = {"nats": {"user", "password"}}
+# How a replica reaches NATS (its user and password from a Secret, TLS files from mounted Secrets)
+# comes from the Ray pods' environment, which the pods that have those Secrets set.
+FROM_POD_ENV = {"nats": {"user", "password", "tls_ca", "tls_cert", "tls_key", "tls_handshake_first"}}
 
 
 def replica_settings(settings: Settings) -> dict[str, Any]:
-    """The settings a replica needs, as non-default overrides without credentials: a Serve config is
-    readable by anyone who can read the RayService (or the Ray dashboard)."""
+    """The settings a replica needs, as non-default overrides, without credentials or TLS files: a
+    Serve config is readable by anyone who can read the RayService (or the Ray dashboard)."""
     dumped = settings.model_dump(mode="json", include=set(REPLICA_SECTIONS), exclude_defaults=True)
-    for section, names in CREDENTIALS.items():
+    for section, names in FROM_POD_ENV.items():
         for name in names:
             dumped.get(section, {}).pop(name, None)
     return _drop_secrets(dumped, settings)
