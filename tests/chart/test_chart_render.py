@@ -978,6 +978,31 @@ def test_undocumented_values_are_found():
     assert undocumented_values(text) == ["line 6: d", "line 10: g"]
 
 
+def test_the_docs_reference_covers_every_value():
+    """docs/KUBERNETES.md's table (generated) names every value, or the documented value it is part of."""
+    text = (CHART / "values.yaml").read_text()
+    documented = {path for path, _ in chartfiles.documented_values(text)}
+    reference = (ROOT / "docs" / "KUBERNETES.md").read_text()
+    assert all(f"| `{path}` |" in reference for path in documented)
+
+    def leaves(node: Any, path: str) -> list[str]:
+        if isinstance(node, dict) and node:
+            return [leaf for k, v in node.items() for leaf in leaves(v, f"{path}.{k}" if path else k)]
+        return [path]
+
+    uncovered = [
+        leaf
+        for leaf in leaves(yaml.safe_load(text), "")
+        if not any(leaf == d or leaf.startswith(d + ".") for d in documented)
+    ]
+    assert not uncovered, f"values missing from the reference: {uncovered}"
+
+
+def test_documented_values_parser():
+    text = "# -- top\na: 1\nb:\n  # -- two\n  # lines\n  c: 2\n  d: 3\n# -- map\ne:\n  f: 4\n"
+    assert chartfiles.documented_values(text) == [("a", "top"), ("b.c", "two lines"), ("e", "map")]
+
+
 def test_every_value_is_documented():
     missing = undocumented_values((CHART / "values.yaml").read_text())
     assert not missing, "values without a comment: " + ", ".join(missing)
