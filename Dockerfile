@@ -32,11 +32,12 @@ RUN python -m venv "$VIRTUAL_ENV" \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY services ./services
-RUN pip install --no-cache-dir . && rm -rf services
-# docs/: the tool service's knowledge search reads it (tools.project_docs_dir, relative to /app);
-# loadtest/: `python -m loadtest.smoke`, the synthetic call of `helm test`.
-COPY docs ./docs
+# loadtest is part of the distribution: `microturn loadtest`, and `python -m loadtest.smoke`, the
+# WebRTC call of `helm test`.
 COPY loadtest ./loadtest
+RUN pip install --no-cache-dir . && rm -rf services loadtest
+# docs/: the tool service's knowledge search reads it (tools.project_docs_dir, relative to /app).
+COPY docs ./docs
 
 # Non-root, no home: the chart runs it with a read-only root filesystem and an emptyDir on /tmp.
 RUN useradd --uid 10001 --gid 0 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin microturn

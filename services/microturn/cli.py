@@ -10,6 +10,7 @@ environment (``MICROTURN_<SECTION>__<FIELD>``) and/or a YAML file (``--config``,
   microturn tools           the tool service (consumers "tools" and "timers", gRPC Tools API)
   microturn bus setup       create the JetStream streams and durable consumers, then exit
   microturn config check    validate the settings and the MICROTURN_* environment, then exit
+  microturn loadtest ...    load tests from real browsers and aiortc callers (microturn loadtest --help)
 
 Exit codes: 0 ok, 1 failure, 2 bad settings or usage.
 """
@@ -149,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_setup.add_argument("--timeout", type=float, default=120.0, help="seconds to keep trying to reach NATS")
     p_setup.set_defaults(fn=cmd_bus_setup)
 
+    sub.add_parser(
+        "loadtest", help="load tests: run, merge, report, calibrate, k8s (see microturn loadtest --help)"
+    )
     p_cfg = sub.add_parser("config", help="settings")
     cfg_sub = p_cfg.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     p_check = cfg_sub.add_parser(
@@ -160,7 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["loadtest"]:  # its own parser, with its own subcommands (loadtest/cli.py)
+        from loadtest.cli import main as loadtest_main
+
+        return loadtest_main(args[1:])
+    ns = build_parser().parse_args(args)
     try:
         return ns.fn(ns)
     except ConfigError as exc:

@@ -185,9 +185,12 @@ def test_every_microturn_container_runs_a_real_microturn_command(values, rendere
             build_parser().parse_args(cmd[1:])  # exits (SystemExit) on a command the CLI does not have
             ran.add(" ".join(a for a in cmd[1:] if not a.startswith("-")))
         elif cmd[:3] == ["python", "-m", "loadtest.smoke"]:
-            # The WebRTC test call: loadtest/ must be in the image's working directory.
-            assert re.search(r"^COPY loadtest \./loadtest$", _dockerfile(), re.M)
-            assert re.search(r"^WORKDIR /app$", _dockerfile(), re.M)
+            # The WebRTC test call: loadtest/ is installed with the package (copied before pip install).
+            text = _dockerfile()
+            copied = re.search(r"^COPY loadtest \./loadtest$", text, re.M)
+            installed = re.search(r"^RUN pip install [^\n]*\s\.\s", text, re.M)
+            assert copied and installed and copied.start() < installed.start()
+            assert 'include = ["microturn*", "loadtest*"]' in (ROOT / "pyproject.toml").read_text()
             smoke_parser().parse_args(cmd[3:])
             ran.add("loadtest.smoke")
         else:
