@@ -12,10 +12,13 @@ FROM ${PYTHON_IMAGE}
 
 ARG TORCH_SPEC="torch==2.13.0"
 ARG TORCH_INDEX_URL=""
+# 1: also Debian's chromium, for the browser shards of `microturn loadtest k8s`.
+ARG WITH_CHROMIUM=0
 
 # wget: KubeRay's probes of the Ray head and workers call it.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends wget \
+ && if [ "$WITH_CHROMIUM" = 1 ]; then apt-get install -y --no-install-recommends chromium espeak-ng sox; fi \
  && rm -rf /var/lib/apt/lists/*
 
 ENV VIRTUAL_ENV=/opt/microturn \

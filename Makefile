@@ -4,6 +4,7 @@
 #   make bench   run the benchmarks (prints tables and ratios)
 #   make soak    10-minute soak of the whole system: WebRTC callers, a replica kill, a NATS restart
 #   make bench-recovery  output gap p50/max over 10 replica kills, with 1 and 2 replicas (~20 min)
+#   make loadtest-step   step load test of a running edge (URL=...): turn latency per step, the knee
 #   make eval    score models on the interaction gym; make train: train the default model
 #   make lint    ruff;  make fuzz: long fuzzing of every trust boundary
 #   make protos  regenerate the Python stubs from protos/
@@ -22,7 +23,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: install up down test bench eval train lint protos system-deps clean fuzz soak bench-recovery \
-	helm chart-check chart-generate image
+	helm chart-check chart-generate image loadtest-step
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -83,9 +84,12 @@ chart-generate: install
 # No image can be built on the CI machines (no container runtime); tests/chart checks the
 # Dockerfile's commands against the chart's instead.
 IMAGE ?= microturn:dev
+# CHROMIUM=1: add Debian's chromium (the browser shards of a distributed load test).
+CHROMIUM ?= 0
 image:
 	@runtime=$$(command -v docker || command -v podman) || { echo "make image: needs docker or podman"; exit 1; }; \
-	$$runtime build --build-arg TORCH_SPEC="$(TORCH_SPEC)" --build-arg TORCH_INDEX_URL="$(TORCH_INDEX_URL)" -t $(IMAGE) .
+	$$runtime build --build-arg TORCH_SPEC="$(TORCH_SPEC)" --build-arg TORCH_INDEX_URL="$(TORCH_INDEX_URL)" \
+	  --build-arg WITH_CHROMIUM="$(CHROMIUM)" -t $(IMAGE) .
 
 # Long fuzzing of every trust boundary (make test runs the same targets with 60 examples each);
 # the inputs each target ran are printed and written to fuzz-report.json.
@@ -103,6 +107,14 @@ bench: install
 SOAK_ARGS ?=
 soak: install system-deps
 	$(PY) -m loadtest.soak $(SOAK_ARGS)
+
+# A step load test against a running edge (`make up` in another terminal, or a cluster's edge URL):
+# levels of concurrent callers, each held 3 turns per session, p95 per step and the knee in the report.
+URL ?= http://127.0.0.1:8080
+LOADTEST_ARGS ?= --mode mixed --browsers 1 --profile step --step-levels 2,4,8,12 --step-hold-turns 3 \
+	--slo 'turn_latency.p95<4s' --slo 'setup_fail_rate<1%' --metrics-url $(URL)/metrics
+loadtest-step: install system-deps
+	$(VENV)/bin/microturn loadtest run --url $(URL) $(LOADTEST_ARGS) --out loadtest-results/step
 
 RECOVERY_ARGS ?=
 bench-recovery: install
