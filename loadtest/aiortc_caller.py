@@ -28,7 +28,7 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from loadtest.caller import FRAME_SAMPLES, MIC_RATE, SyntheticMic
 from loadtest.prompts import Prompt, turn_key
 from loadtest.records import SessionRecord, StatsSample, TurnRecord
-from loadtest.scenario import Scenario, Turn, turn_start
+from loadtest.scenario import Scenario, Turn, play_until, turn_start
 
 GAP_MS = 100.0  # received-audio gaps longer than this are recorded
 ANSWER_POLL_S = 0.02
@@ -180,20 +180,8 @@ class AiortcCaller:
             await self._dial()
             await self._wait_connected()
             self._tasks.append(asyncio.ensure_future(self._sample_stats()))
-            script = asyncio.ensure_future(self._script())
-            waits = [
-                script,
-                asyncio.ensure_future(self._ended.wait()),
-                asyncio.ensure_future(self.stop.wait()),
-            ]
-            deadline = rec.dialed_at + self.scenario.session_s - time.time()
-            await asyncio.wait(waits, timeout=max(0.0, deadline), return_when=asyncio.FIRST_COMPLETED)
-            failed = script.exception() if script.done() and not script.cancelled() else None
-            for w in waits:
-                w.cancel()
-            await asyncio.gather(*waits, return_exceptions=True)
-            if failed is not None:
-                raise failed
+            left = rec.dialed_at + self.scenario.session_s - time.time()
+            await play_until(self._script(), self._ended, self.stop, left)
         except Exception as exc:
             if not rec.failure:
                 stage = "setup" if rec.connected_at is None else "call"

@@ -33,7 +33,7 @@ import psutil
 
 from loadtest.prompts import RATE, Prompt, render_scenario, turn_key
 from loadtest.records import SessionRecord, StatsSample, TurnRecord
-from loadtest.scenario import Scenario, Turn
+from loadtest.scenario import Scenario, Turn, play_until
 
 log = logging.getLogger(__name__)
 
@@ -204,20 +204,8 @@ class BrowserCall:
             await self._dial()
             self._poller = asyncio.create_task(self._poll_loop())
             await self._wait_connected()
-            script = asyncio.ensure_future(self._script())
-            waits = [
-                script,
-                asyncio.ensure_future(self._ended.wait()),
-                asyncio.ensure_future(self.stop.wait()),
-            ]
             left = rec.dialed_at + self.scenario.session_s - time.time()
-            await asyncio.wait(waits, timeout=max(0.0, left), return_when=asyncio.FIRST_COMPLETED)
-            failed = script.exception() if script.done() and not script.cancelled() else None
-            for w in waits:
-                w.cancel()
-            await asyncio.gather(*waits, return_exceptions=True)
-            if failed is not None:
-                raise failed
+            await play_until(self._script(), self._ended, self.stop, left)
         except Exception as exc:
             self._fail(("setup" if rec.connected_at is None else "call") + f": {_reason(exc)}")
         finally:

@@ -11,6 +11,8 @@ the CLI turns a ScenarioError into exit code 2 (EXIT_CONFIG)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -189,3 +191,20 @@ def estimate_turn_s(sc: Scenario) -> float:
             pause = t.after_answer_s if t.after_answer_s is not None else sc.think_s
         total += speech + ASSUMED_LATENCY_S + pause
     return total / len(sc.turns)
+
+
+async def play_until(
+    script: Awaitable[None], ended: asyncio.Event, stop: asyncio.Event, seconds: float
+) -> None:
+    """Run a call's turn script until it finishes, the call ends (``ended``), the run stops (``stop``)
+    or ``seconds`` pass, whichever is first; re-raise what the script raised. The same call-length
+    rule in every caller mode."""
+    task = asyncio.ensure_future(script)
+    waits = [task, asyncio.ensure_future(ended.wait()), asyncio.ensure_future(stop.wait())]
+    await asyncio.wait(waits, timeout=max(0.0, seconds), return_when=asyncio.FIRST_COMPLETED)
+    failed = task.exception() if task.done() and not task.cancelled() else None
+    for w in waits:
+        w.cancel()
+    await asyncio.gather(*waits, return_exceptions=True)
+    if failed is not None:
+        raise failed
