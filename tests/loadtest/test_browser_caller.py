@@ -123,7 +123,7 @@ async def test_two_pages_call_the_real_edge(edge_stack):  # noqa: F811
 
     need(prompt_mod.missing_tools() + ([] if Path(CHROMIUM).exists() else [CHROMIUM]), "make system-deps")
     scenario = Scenario(
-        name="browser-test", session_s=40, think_s=0.5, answer_timeout_s=5,
+        name="browser-test", session_s=60, think_s=0.5, answer_timeout_s=15,
         turns=[Turn(say="hello there how are you", at_s=0.5), Turn(say="wait stop", barge_in_ms=400),
                Turn(text=TYPED, after_answer_s=2.5)],  # typed once the (1.3 s) answer has ended
     )  # fmt: skip
