@@ -4,7 +4,9 @@ with usable ids still ends with one typed update, on its first attempt."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import pytest
 from background_helpers import collect, make_settings, request
@@ -72,12 +74,18 @@ async def test_unreadable_stored_cancellation_still_cancels(background):
     """Old: parsing the stored CancelDelegation raised, every attempt crashed, and the session was
     told INTERNAL ("gave up") after all retries instead of CANCELLED."""
     req = request("s-cancel", "what is 1 + 1")
-    await background.bus.publish(subjects.cancel_subject("s-cancel", req.delegation_id), b"\xff\xfe garbage")
     before = rejected("cancels", "undecodable")
+    await background.bus.publish(subjects.cancel_subject("s-cancel", req.delegation_id), b"\xff\xfe garbage")
+    # The live cancel subscription refuses it once as it passes (asynchronously: wait for that)...
+    deadline = time.monotonic() + 20
+    while rejected("cancels", "undecodable") < before + 1:
+        assert time.monotonic() < deadline, "the live cancellation was not refused"
+        await asyncio.sleep(0.05)
     got = await ask(background, req)
     assert [u.WhichOneof("kind") for u in got] == ["error"]
     assert got[0].error.code == Code.DELEGATION_ERROR_CODE_CANCELLED
-    assert rejected("cancels", "undecodable") == before + 1
+    # ...and the stored copy, read when the work starts, once more: counted, and still a cancel.
+    assert rejected("cancels", "undecodable") == before + 2
 
 
 @pytest.mark.parametrize(
