@@ -29,6 +29,7 @@ from loadtest.caller import FRAME_SAMPLES, MIC_RATE, SyntheticMic
 from loadtest.prompts import Prompt, turn_key
 from loadtest.records import SessionRecord, StatsSample, TurnRecord
 from loadtest.scenario import Scenario, Turn, play_until, turn_start
+from loadtest.turns import ReceivedSpeech, settle_turns
 
 GAP_MS = 100.0  # received-audio gaps longer than this are recorded
 ANSWER_POLL_S = 0.02
@@ -93,41 +94,9 @@ def to_mono(frame: Any) -> np.ndarray:
     return arr.reshape(-1, channels).mean(axis=1).astype(np.int16)
 
 
-class Onsets:
-    """The OnsetDetector fed live; ``changed`` is set whenever a feed confirmed a new onset."""
-
-    def __init__(self, sample_rate: int = MIC_RATE) -> None:
-        from loadtest.onset import OnsetDetector  # lazily: it imports torch for Silero VAD
-
-        self.detector = OnsetDetector(sample_rate=sample_rate)
-        self.changed = asyncio.Event()
-
-    def feed(self, pcm: np.ndarray, t0: float) -> None:
-        if self.detector.feed(pcm, t0):
-            self.changed.set()
-
-    def close(self) -> None:
-        """End of the stream: an answer still being spoken gets its offset."""
-        with contextlib.suppress(RuntimeError):
-            self.detector.flush()
-
-    def first_after(self, t: float, before: float | None = None) -> float | None:
-        """The first onset at or after ``t``, if it came no later than ``before``."""
-        on = self.detector.first_onset_after(t)
-        return None if on is None or (before is not None and on > before) else on
-
-    def yielded_at(self, t: float) -> float | None:
-        """When the model's speech that was going on at ``t`` stopped; None if it was not speaking
-        at ``t`` (nothing to yield) or had not stopped by the end of the call."""
-        for span in self.detector.speech_spans():
-            if span.onset <= t and (span.offset is None or span.offset > t):
-                return span.offset
-        return None
-
-
 def warm_up() -> None:
     """Load Silero VAD now (seconds, blocking) rather than in the first call's event loop."""
-    Onsets().feed(np.zeros(MIC_RATE, np.int16), time.time())
+    ReceivedSpeech(MIC_RATE).feed(np.zeros(MIC_RATE, np.int16), time.time())
 
 
 class AiortcCaller:
@@ -162,7 +131,7 @@ class AiortcCaller:
         self.http = httpx.AsyncClient(base_url=self.url, timeout=20)
         self.token = ""
         self.channel: Any = None
-        self.onsets: Onsets | None = None
+        self.onsets: ReceivedSpeech | None = None
         self.errors: Counter[str] = Counter()
         self._connected = asyncio.Event()
         self._ended = asyncio.Event()  # the edge or the connection ended the call
@@ -176,7 +145,7 @@ class AiortcCaller:
         rec = self.rec
         rec.dialed_at = time.time()
         try:
-            self.onsets = Onsets()
+            self.onsets = ReceivedSpeech(MIC_RATE)
             await self._dial()
             await self._wait_connected()
             self._tasks.append(asyncio.ensure_future(self._sample_stats()))
@@ -389,21 +358,7 @@ class AiortcCaller:
         rec.errors = dict(self.errors)
         if self.onsets is None:
             return
-        self.onsets.close()
-        kept = []
-        for t in rec.turns:
-            ref = t.speech_end_at if t.speech_end_at is not None else t.said_at
-            limit = ref + self.scenario.answer_timeout_s
-            on = self.onsets.first_after(ref, before=limit)
-            if on is None and limit > rec.ended_at:
-                continue
-            t.answer_onset_at = on
-            t.turn_latency_ms = None if on is None else round((on - ref) * 1000, 1)
-            if t.barge_in_at is not None:
-                off = self.onsets.yielded_at(t.barge_in_at)
-                t.yield_ms = None if off is None else round((off - t.barge_in_at) * 1000, 1)
-            kept.append(t)
-        rec.turns = kept
+        rec.turns = settle_turns(rec.turns, self.onsets, self.scenario.answer_timeout_s, rec.ended_at)
 
 
 def stats_sample(report: Any, at: float, samples_received: int = 0) -> StatsSample:

@@ -34,6 +34,7 @@ import psutil
 from loadtest.prompts import RATE, Prompt, render_scenario, turn_key
 from loadtest.records import SessionRecord, StatsSample, TurnRecord
 from loadtest.scenario import Scenario, Turn, play_until
+from loadtest.turns import ReceivedSpeech, settle_turns
 
 log = logging.getLogger(__name__)
 
@@ -90,40 +91,9 @@ def base_path(url: str) -> str:
 # ---------------------------------------------------------------------------------------- audio
 
 
-class ReceivedAudio:
-    """The model's audio as the caller heard it, fed to the onset detector as the page hands it
-    over (the same detector and rules as the aiortc caller, so both modes measure alike)."""
-
-    def __init__(self, rate: int = RATE) -> None:
-        from loadtest.onset import OnsetDetector  # lazily: it imports torch for Silero VAD
-
-        self.rate = rate
-        self.detector = OnsetDetector(sample_rate=rate)
-        self.samples = 0
-        self.segments = 0
-
-    def feed(self, pcm: np.ndarray, t0: float) -> None:
-        self.samples += len(pcm)
-        self.segments += 1
-        self.detector.feed(pcm, t0)
-
-    def close(self) -> None:
-        """End of the stream: an answer still being spoken gets its offset."""
-        with contextlib.suppress(RuntimeError):
-            self.detector.flush()
-
-    def first_after(self, t: float, before: float | None = None) -> float | None:
-        """The first onset at or after ``t``, if it came no later than ``before``."""
-        on = self.detector.first_onset_after(t)
-        return None if on is None or (before is not None and on > before) else on
-
-    def offset_after(self, t: float) -> float | None:
-        return self.detector.first_offset_after(t)
-
-
 def warm_up() -> None:
     """Load Silero VAD now (seconds, blocking: run it in a thread) rather than in a call."""
-    ReceivedAudio().feed(np.zeros(RATE, np.int16), time.time())
+    ReceivedSpeech(RATE).feed(np.zeros(RATE, np.int16), time.time())
 
 
 def decode_pcm(b64: str) -> np.ndarray:
@@ -182,7 +152,7 @@ class BrowserCall:
         self.record = record
         self.stop = stop or asyncio.Event()
         self.max_passes = max_passes
-        self.audio: ReceivedAudio | None = None
+        self.audio: ReceivedSpeech | None = None
         self.dropped_chunks = 0
         self.tap = ""
         self.page_closed = False
@@ -200,7 +170,7 @@ class BrowserCall:
         rec = self.record
         rec.dialed_at = time.time()
         try:
-            self.audio = ReceivedAudio()
+            self.audio = ReceivedSpeech(RATE)
             await self._dial()
             self._poller = asyncio.create_task(self._poll_loop())
             await self._wait_connected()
@@ -410,21 +380,12 @@ class BrowserCall:
             log.warning("%s: closing the page failed: %s", rec.caller, _reason(exc))
 
     def _finish(self) -> None:
-        """Final answers from every onset found (the live wait may have missed late detections) and
-        barge-in yields, exactly as the aiortc caller computes them."""
+        """Final answers and barge-in yields (loadtest.turns, as the aiortc caller settles them)."""
         rec = self.record
         rec.ended_at = time.time()
         if self.audio is None:
             return
-        self.audio.close()
-        for t in rec.turns:
-            ref = t.speech_end_at if t.speech_end_at is not None else t.said_at
-            on = self.audio.first_after(ref, before=ref + self.scenario.answer_timeout_s)
-            t.answer_onset_at = on
-            t.turn_latency_ms = None if on is None else round((on - ref) * 1000, 1)
-            if t.barge_in_at is not None:
-                off = self.audio.offset_after(t.barge_in_at)
-                t.yield_ms = None if off is None else round((off - t.barge_in_at) * 1000, 1)
+        rec.turns = settle_turns(rec.turns, self.audio, self.scenario.answer_timeout_s, rec.ended_at)
 
     def metrics(self) -> dict[str, float]:
         """What the page received, for the record's caller_metrics."""

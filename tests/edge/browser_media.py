@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from loadtest.browser_caller import chromium_args as loadtest_chromium_args
+
 CHROMIUM = "/usr/bin/chromium"
 LEAD_S = 1.0  # silence before the speech in the fake-mic file
 TAIL_S = 1.0  # and after it; Chromium loops the file, so speech runs are 2 s apart
@@ -48,21 +50,8 @@ def make_speech_wav(dirpath: Path) -> SpeechWav:
 
 
 def chromium_args(wav: Path) -> list[str]:
-    return [
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-quic",
-        "--allow-loopback-in-peer-connection",
-        "--use-fake-ui-for-media-stream",
-        "--use-fake-device-for-media-stream",
-        f"--use-file-for-fake-audio-capture={wav}",
-        "--autoplay-policy=no-user-gesture-required",
-    ]
+    """The load generator's Chromium flags (DESIGN.md's), with the fake microphone reading ``wav``."""
+    return [*loadtest_chromium_args(), f"--use-file-for-fake-audio-capture={wav}"]
 
 
 def rms(pcm: np.ndarray) -> float:

@@ -20,6 +20,7 @@ from loadtest.records import TurnRecord
 from loadtest.runner import LoadSample, overload_reason
 from loadtest.scenario import Scenario, load_scenario
 from loadtest.slo import EXIT_CONFIG, EXIT_OK, EXIT_SLO
+from loadtest.turns import ReceivedSpeech
 
 # ------------------------------------------------------------------ overload
 
@@ -244,7 +245,7 @@ async def test_finish_settles_answers_yields_and_drops_cut_turns() -> None:
     caller = aiortc_caller.AiortcCaller("http://127.0.0.1:1", sc, {}, "aiortc-0-0-0")
     try:
         now = time.time()
-        onsets = aiortc_caller.Onsets.__new__(aiortc_caller.Onsets)
+        onsets = ReceivedSpeech.__new__(ReceivedSpeech)
         onsets.detector = FakeDetector([SpeechSpan(now - 49.5, now - 45.0), SpeechSpan(now - 29.0, None)])
         caller.onsets = onsets
         caller.errors["UNAVAILABLE"] = 2
