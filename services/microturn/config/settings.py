@@ -245,6 +245,14 @@ class EdgeSettings(_Section):
         None, description="HMAC key of session tokens; unset: random per process"
     )
     token_ttl_s: float = Field(300.0, gt=0, le=86_400, description="a session token is valid this long")
+    open_retry_s: float = Field(
+        60.0,
+        ge=0,
+        le=3600,
+        description="while every interaction replica is over capacity (or unreachable), keep retrying a call's "
+        "session open this long, at the pace the replica asks (retry_after_ms): the caller hears 'waiting' "
+        "while a scale-up brings a replica, then the call goes live without the browser doing anything",
+    )
     offer_timeout_s: float = Field(30.0, gt=0, le=3600, description="reap a session with no offer after this")
     idle_timeout_s: float = Field(30.0, gt=0, le=3600, description="reap a session with no media this long")
     max_sdp_bytes: int = Field(32_768, ge=1024, le=1 << 20)

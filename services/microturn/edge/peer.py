@@ -54,8 +54,6 @@ from microturn.v1 import media_pb2
 
 log = logging.getLogger(__name__)
 
-OPEN_ATTEMPTS = 8
-
 
 class NoCandidates(RuntimeError):
     """The answer has no ICE candidate: the edge has no way to receive this call's media now."""
@@ -229,27 +227,30 @@ class EdgeSession:
             chunk_ms=self.limits.chunk_ms,
             hop="edge",
         )
-        delay = 0.5
-        for attempt in range(1, OPEN_ATTEMPTS + 1):
+        deadline = time.monotonic() + self.cfg.open_retry_s
+        backoff = 0.5
+        while True:
             try:
                 await self.grpc.open()
                 return True
             except SessionRejected as exc:
-                if not exc.error.retryable or attempt == OPEN_ATTEMPTS:
+                # The replica's own retry_after paces a busy retry, so a call gets in as soon as a
+                # replica (a new one, after a scale-up) has a slot; otherwise back off.
+                wait = exc.error.retry_after_ms / 1000 if exc.error.retry_after_ms else backoff
+                if not exc.error.retryable or time.monotonic() + wait > deadline:
                     self.send_event(error_event(exc.error))
                     await self.close(str(exc))
                     return False
-                delay = max(delay, exc.error.retry_after_ms / 1000)
-                self.send_event(state_event("waiting", f"the model is busy; retrying in {delay:.1f} s"))
+                self.send_event(state_event("waiting", f"the model is busy; retrying in {wait:.1f} s"))
             except grpc.aio.AioRpcError as exc:
-                if attempt == OPEN_ATTEMPTS:
+                wait = backoff
+                if time.monotonic() + wait > deadline:
                     self.send_event({"type": "error", "code": "UNAVAILABLE", "message": exc.details() or ""})
                     await self.close("interaction service unavailable")
                     return False
                 self.send_event(state_event("waiting", "the interaction service is not reachable; retrying"))
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 8.0)
-        return False
+            await asyncio.sleep(wait)
+            backoff = min(backoff * 2, 4.0)
 
     async def _cut_chunks(self) -> None:
         """At each boundary (plus cut_delay_ms), send the chunk that just ended."""
