@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from loadtest.caller import FRAME_SAMPLES, MIC_RATE, SyntheticMic
+from loadtest.caller import FRAME_SAMPLES, MIC_RATE, SyntheticMic, offer
 from loadtest.prompts import Prompt, turn_key
 from loadtest.records import SessionRecord, StatsSample, TurnRecord
 from loadtest.scenario import Scenario, Turn, play_until, turn_start
@@ -168,17 +168,7 @@ class AiortcCaller:
             raise RuntimeError(self.rec.failure)
         info = r.json()
         self.rec.session_id, self.token = str(info["session_id"]), str(info["token"])
-        self.channel = self.pc.createDataChannel("events")
-        self.channel.on("message", self._on_message)
-        self.pc.addTrack(self.mic)
-        self.pc.on("track", self._on_track)
-        self.pc.on("connectionstatechange", self._on_connection_state)
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        r = await self.http.post(
-            f"/api/sessions/{self.rec.session_id}/offer",
-            json={"sdp": self.pc.localDescription.sdp, "type": "offer"},
-            headers=self._auth,
-        )
+        self.channel, r = await offer(self, self.rec.session_id)
         if not r.is_success:
             self.rec.failure = f"setup: offer answered HTTP {r.status_code}: {r.text[:120]}"
             raise RuntimeError(self.rec.failure)

@@ -140,6 +140,25 @@ class CallLog:
             self.cards += 1
 
 
+async def offer(caller: Any, session_id: str) -> tuple[Any, httpx.Response]:
+    """What a browser does once its session exists: the "events" data channel, the microphone, the
+    handlers, and the SDP offer POSTed to the edge. Returns the data channel and the edge's answer,
+    for the caller to judge (both synthetic callers use this)."""
+    pc = caller.pc
+    channel = pc.createDataChannel("events")
+    channel.on("message", caller._on_message)
+    pc.addTrack(caller.mic)
+    pc.on("track", caller._on_track)
+    pc.on("connectionstatechange", caller._on_connection_state)
+    await pc.setLocalDescription(await pc.createOffer())
+    answer = await caller.http.post(
+        f"/api/sessions/{session_id}/offer",
+        json={"sdp": pc.localDescription.sdp, "type": "offer"},
+        headers=caller._auth,
+    )
+    return channel, answer
+
+
 class Caller:
     """One call against the edge at base_url, from dial to hangup."""
 
@@ -181,17 +200,7 @@ class Caller:
         r.raise_for_status()
         info = r.json()
         self.log.session_id, self.token = info["session_id"], info["token"]
-        self.channel = self.pc.createDataChannel("events")
-        self.channel.on("message", self._on_message)
-        self.pc.addTrack(self.mic)
-        self.pc.on("track", self._on_track)
-        self.pc.on("connectionstatechange", self._on_connection_state)
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        r = await self.http.post(
-            f"/api/sessions/{self.log.session_id}/offer",
-            json={"sdp": self.pc.localDescription.sdp, "type": "offer"},
-            headers=self._auth,
-        )
+        self.channel, r = await offer(self, self.log.session_id)
         r.raise_for_status()
         await self.pc.setRemoteDescription(RTCSessionDescription(**r.json()))
 
