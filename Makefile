@@ -4,6 +4,8 @@
 #   make bench   run the benchmarks (prints tables and ratios)
 #   make soak    10-minute soak of the whole system: WebRTC callers, a replica kill, a NATS restart
 #   make bench-recovery  output gap p50/max over 10 replica kills, with 1 and 2 replicas (~20 min)
+#   make bench-scale     Serve autoscaling on a local Ray cluster: replica timeline, scale-up time,
+#                        migrations/s and output gaps of a scale-down (~3 min)
 #   make loadtest-step   step load test of a running edge (URL=...): turn latency per step, the knee
 #   make eval    score models on the interaction gym; make train: train the default model
 #   make lint    ruff;  make fuzz: long fuzzing of every trust boundary
@@ -23,7 +25,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: install up down test bench eval train lint protos system-deps clean fuzz soak bench-recovery \
-	helm chart-check chart-generate image loadtest-step
+	helm chart-check chart-generate image loadtest-step bench-scale
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -119,6 +121,12 @@ loadtest-step: install system-deps
 RECOVERY_ARGS ?=
 bench-recovery: install
 	$(PY) -m loadtest.recovery $(RECOVERY_ARGS)
+
+# The ramp of tests/system/test_autoscaling.py with its numbers (python -m loadtest.scaling --help):
+# SCALE_ARGS="--after 60 --report scale.json".
+SCALE_ARGS ?=
+bench-scale: install
+	$(PY) -m loadtest.scaling $(SCALE_ARGS)
 
 eval: install system-deps
 	$(PY) -m microturn.gym.eval

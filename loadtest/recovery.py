@@ -93,12 +93,16 @@ async def trial(stack: Stack, age_s: float, after_s: float, n: int) -> dict:
         old = Caller(channel, f"old-{n}")
         victim = await old.start()
         await asyncio.sleep(age_s - 2)
-        young = None
-        for i in range(8):  # a young session on the same replica (affinity hashes session ids)
+        # a young session on the same replica: new sessions go to the least-loaded replica, so open
+        # until one lands there, then close the others
+        young, others = None, []
+        for i in range(8):
             cand = Caller(channel, f"young-{n}-{i}")
             if await cand.start() == victim:
                 young = cand
                 break
+            others.append(cand)
+        for cand in others:
             await cand.stop()
         await asyncio.sleep(2)
         pid = next(r.pid for r in replicas(stack) if r.short == victim)

@@ -83,8 +83,8 @@ def ci_values(ci: str) -> dict[str, Any]:
     return yaml.safe_load((CHART / "ci" / f"{ci}.yaml").read_text()) or {}
 
 
-def chart_values(ci: str | None = None) -> dict[str, Any]:
-    """values.yaml merged with a ci file (what the templates see)."""
+def chart_values(ci: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """values.yaml merged with a ci file, then with ``extra`` (what the templates see)."""
 
     def merge(base: dict, over: dict) -> dict:
         out = dict(base)
@@ -93,7 +93,7 @@ def chart_values(ci: str | None = None) -> dict[str, Any]:
         return out
 
     base = yaml.safe_load((CHART / "values.yaml").read_text())
-    return merge(base, ci_values(ci)) if ci else base
+    return merge(merge(base, ci_values(ci)) if ci else base, extra or {})
 
 
 def name_of(obj: dict) -> str:
@@ -250,6 +250,7 @@ def test_ci_matrix_is_complete():
     assert set(CI_IDS) >= {
         "cpu-only",
         "gpu",
+        "fixed-replicas",
         "keda-off",
         "external-nats",
         "turn",
@@ -472,9 +473,9 @@ def test_generated_chart_files_are_current():
     assert not stale, f"stale: {stale}; run `make chart-generate`"
 
 
-def effective_overrides(ci: str | None) -> dict[str, Any]:
+def effective_overrides(ci: str | None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The settings a replica ends up with: the values' config plus the chart's wiring."""
-    v = chart_values(ci)
+    v = chart_values(ci, extra)
     cfg = copy.deepcopy(v.get("config") or {})
     i = v["interaction"]
     nats = v["nats"]
@@ -484,6 +485,7 @@ def effective_overrides(ci: str | None) -> dict[str, Any]:
     if nats["auth"]["enabled"]:  # the worker's env: its user (kept by render) and password (dropped)
         cfg["nats"].update(user="interaction", password="from-the-secret")
     cfg.setdefault("bus", {})["manage_topology"] = False
+    a, drain = i["serve"]["autoscaling"], i["serve"]["drain"]
     cfg.setdefault("interaction", {}).update(
         host="0.0.0.0",
         grpc_port=i["grpcPort"],
@@ -491,8 +493,30 @@ def effective_overrides(ci: str | None) -> dict[str, Any]:
         replicas=i["serve"]["replicas"],
         num_cpus=i["serve"]["numCpus"],
         num_gpus=i["gpu"]["perReplica"] if i["gpu"]["enabled"] else 0,
+        drain_policy=drain["policy"],
+        drain_wait_s=drain["waitSeconds"],
+        drain_timeout_s=drain["timeoutSeconds"],
     )
+    cfg["interaction"]["autoscaling"] = {
+        **cfg["interaction"].get("autoscaling", {}),
+        **{setting: a[value] for setting, value in SERVE_AUTOSCALING_VALUES.items()},
+    }
     return cfg
+
+
+# interaction.autoscaling.<setting> <- interaction.serve.autoscaling.<value>
+SERVE_AUTOSCALING_VALUES = {
+    "enabled": "enabled",
+    "min_replicas": "minReplicas",
+    "max_replicas": "maxReplicas",
+    "target_sessions": "targetSessions",
+    "target_tick_utilisation": "targetTickUtilisation",
+    "headroom_sessions": "headroomSessions",
+    "upscale_delay_s": "upscaleDelaySeconds",
+    "downscale_delay_s": "downscaleDelaySeconds",
+    "look_back_period_s": "lookBackPeriodSeconds",
+    "metrics_interval_s": "metricsIntervalSeconds",
+}
 
 
 @pytest.mark.parametrize("ci", [None, *CI_IDS], ids=["defaults", *CI_IDS])
@@ -511,10 +535,15 @@ def test_serve_config_sizes_admission_by_session_slots():
     serve = yaml.safe_load(one(rendered("gpu"), "RayService", "interaction")["spec"]["serveConfigV2"])
     (dep,) = serve["applications"][0]["deployments"]
     assert dep["max_ongoing_requests"] == dep["max_queued_requests"] == 2 * 64
-    assert dep["num_replicas"] == 4 and dep["ray_actor_options"] == {"num_cpus": 1, "num_gpus": 0.5}
+    assert dep["ray_actor_options"] == {"num_cpus": 1, "num_gpus": 0.5}
+    serve = yaml.safe_load(
+        one(rendered("fixed-replicas"), "RayService", "interaction")["spec"]["serveConfigV2"]
+    )
+    (dep,) = serve["applications"][0]["deployments"]
+    assert dep["num_replicas"] == 3 and "autoscaling_config" not in dep
 
 
-@pytest.mark.parametrize("ci", ["gpu", "cpu-only"])
+@pytest.mark.parametrize("ci", ["gpu", "cpu-only", "fixed-replicas"])
 def test_rayservice(ci):
     rs = one(rendered(ci), "RayService", "interaction")
     spec = rs["spec"]
@@ -532,17 +561,23 @@ def test_rayservice(ci):
     worker = group["template"]["spec"]["containers"][0]
     assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
     gpu = worker["resources"]["limits"].get("nvidia.com/gpu")
-    if v["gpu"]["enabled"]:
-        assert rc["enableInTreeAutoscaling"] is True and "autoscalerOptions" in rc
+    # The Ray autoscaler sidecar on the head (and its token) exactly when interaction.autoscaling is on.
+    assert rc["enableInTreeAutoscaling"] is v["autoscaling"]["enabled"]
+    assert head["template"]["spec"]["automountServiceAccountToken"] is v["autoscaling"]["enabled"]
+    assert rc["autoscalerOptions"]["idleTimeoutSeconds"] == v["autoscaling"]["options"]["idleTimeoutSeconds"]
+    assert (group["minReplicas"], group["maxReplicas"]) == (
+        v["worker"]["minReplicas"],
+        v["worker"]["maxReplicas"],
+    )
+    if ci == "gpu":
+        assert rc["enableInTreeAutoscaling"] is True
         assert rc["authOptions"] == {"mode": "token"}
         assert gpu == v["gpu"]["perWorker"] == int(group["rayStartParams"]["num-gpus"])
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in group["template"][
             "spec"
         ]["tolerations"]
         assert group["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H200"}
-        # the head's autoscaler sidecar needs its token
-        assert head["template"]["spec"]["automountServiceAccountToken"] is True
-    else:
+    elif ci == "cpu-only":
         assert (
             gpu is None
             and group["groupName"] == "cpu-workers"
@@ -553,8 +588,11 @@ def test_rayservice(ci):
     mounts = {m["mountPath"] for m in worker["volumeMounts"]}
     assert {"/tmp", "/dev/shm", "/etc/microturn"} <= mounts
     assert worker["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
-    assert group["template"]["spec"]["terminationGracePeriodSeconds"] > int(
-        worker["lifecycle"]["preStop"]["exec"]["command"][1]
+    # Kubernetes leaves a deleted worker pod its preStop sleep plus Serve's drain of its replicas.
+    (dep,) = yaml.safe_load(spec["serveConfigV2"])["applications"][0]["deployments"]
+    assert (
+        group["template"]["spec"]["terminationGracePeriodSeconds"]
+        > int(worker["lifecycle"]["preStop"]["exec"]["command"][1]) + dep["graceful_shutdown_timeout_s"]
     )
 
 
@@ -577,6 +615,15 @@ def test_one_scaler_per_deployment(ci):
     scaled = [s["spec"]["scaleTargetRef"]["name"] for s in objects(manifests, "ScaledObject")]
     hpas = [h["spec"]["scaleTargetRef"]["name"] for h in objects(manifests, "HorizontalPodAutoscaler")]
     assert not set(scaled) & set(hpas) and len(set(scaled)) == len(scaled) and len(set(hpas)) == len(hpas)
+    deployments = {d["metadata"]["name"] for d in objects(manifests, "Deployment")}
+    assert set(scaled + hpas) <= deployments, "a scaler targets no Deployment of this chart"
+    edge = one(manifests, "Deployment", "edge")
+    if v["edge"]["autoscaling"]["enabled"]:
+        assert edge["metadata"]["name"] in (scaled if v["keda"]["enabled"] else hpas)
+        assert "replicas" not in edge["spec"]
+    else:
+        assert edge["metadata"]["name"] not in scaled + hpas
+        assert edge["spec"]["replicas"] == v["edge"]["replicas"]
     for svc in ("background", "tools"):
         dep = one(manifests, "Deployment", svc)
         name = dep["metadata"]["name"]
@@ -803,7 +850,11 @@ def test_tls_for_nats_and_the_tools_grpc_api():
 # -- network policies and monitors --------------------------------------------------------------------
 def test_network_policies():
     manifests = rendered("network-policies")
-    policies = {component(p): p for p in objects(manifests, "NetworkPolicy")}
+    policies = {
+        component(p): p
+        for p in objects(manifests, "NetworkPolicy")
+        if not p["metadata"]["name"].endswith("-interaction-autoscaler")  # test_chart_autoscaling.py
+    }
     assert set(policies) == {"edge", "interaction", "background", "tools", "bus-setup", "turn"}
     assert is_hook(policies["bus-setup"])
     for comp, p in policies.items():

@@ -87,6 +87,8 @@ async def test_the_rendered_chart_carries_a_real_call(tmp_path):
         "edge.media.udpPortMax": str(ice_lo + 40),
         "interaction.serve.replicas": "1",
         "interaction.serve.numCpus": "1",
+        # No API server here to patch the edge pod's deletion cost on.
+        "edge.podDeletionCost.enabled": "false",
     }
     manifests = render([CHART / "ci" / "cpu-only.yaml"], sets)
     c = by_name(manifests)

@@ -7,6 +7,8 @@ import time
 
 import grpc
 import numpy as np
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from microturn.config import load_settings
 from microturn.interaction.core import InteractionCore
@@ -28,17 +30,21 @@ class FirstNotDraining(interaction_pb2_grpc.InteractionServicer):
             yield message
 
 
+async def serve_first_not_draining(cores: list[InteractionCore]) -> tuple[grpc.aio.Server, grpc.aio.Channel]:
+    server = grpc.aio.server()
+    interaction_pb2_grpc.add_InteractionServicer_to_server(FirstNotDraining(cores), server)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    return server, grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+
+
 async def test_a_draining_replica_hands_its_session_over_without_a_gap():
     settings = load_settings(
         overrides={"interaction": {"bus": False, "session_slots": 4, "tick_grace_ms": 20}}
     )
     a, b = (InteractionCore(settings, name, model=tiny_model()) for name in ("replica-a", "replica-b"))
-    server = grpc.aio.server()
-    interaction_pb2_grpc.add_InteractionServicer_to_server(FirstNotDraining([a, b]), server)
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    server, channel = await serve_first_not_draining([a, b])
     n_before, n_after = 15, 25
     try:
         t0 = session_origin()
@@ -99,3 +105,82 @@ async def test_a_draining_replica_hands_its_session_over_without_a_gap():
         await server.stop(grace=None)
         await a.drain(timeout_s=0)
         await b.drain(timeout_s=0)
+
+
+def counter_totals(reader: InMemoryMetricReader) -> dict[str, float]:
+    data = reader.get_metrics_data()
+    return {
+        m.name: sum(p.value for p in m.data.data_points)
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name in ("microturn_sessions_migrated", "microturn_sessions_drain_deadline")
+    }
+
+
+async def test_the_wait_policy_lets_sessions_end_then_migrates_the_rest():
+    """drain_policy wait: a session that ends during drain_wait_s is not moved; the one still live at
+    the end of it is migrated, make before break, and counted."""
+    settings = load_settings(
+        overrides={"interaction": {"bus": False, "session_slots": 4, "tick_grace_ms": 20,
+                                   "drain_policy": "wait", "drain_wait_s": 3.0}}
+    )  # fmt: skip
+    reader = InMemoryMetricReader()
+    a = InteractionCore(settings, "replica-a", model=tiny_model(), meter_provider=MeterProvider([reader]))
+    b = InteractionCore(settings, "replica-b", model=tiny_model())
+    server, channel = await serve_first_not_draining([a, b])
+    try:
+        t0 = session_origin()
+        leaving, staying = (
+            new_session(channel, "leaving", t0, seed=1),
+            new_session(channel, "staying", t0, seed=2),
+        )
+        for s in (leaving, staying):
+            assert (await s.open()).replica_id == "replica-a"
+        owners: list[str] = []
+        drain = None
+        for k in range(40):  # 8 s in real time: the wait (3 s) ends half way
+            await asyncio.sleep(max(0.0, (t0 + 200 * (k + 1)) / 1000 - time.time()))
+            await staying.send(chunk_for("staying", k, t0))
+            if k < 5:
+                await leaving.send(chunk_for("leaving", k, t0))
+                assert (await asyncio.wait_for(leaving.receive(), 10)).WhichOneof("kind") == "chunk"
+            if k == 5:
+                await leaving.close()
+            if k == 2:
+                drain = asyncio.create_task(a.drain())
+            msg = await asyncio.wait_for(staying.receive(), 10)
+            assert msg.WhichOneof("kind") == "chunk" and msg.chunk.header.chunk_index == k, msg
+            owners.append(staying.accepted.replica_id)
+        await asyncio.wait_for(drain, 30)
+        switch = owners.index("replica-b")
+        assert switch >= 2 + 3 * 5 - 2, owners  # not before the wait was over
+        assert set(owners[switch:]) == {"replica-b"} and staying.migrations == 1 and staying.recoveries == 0
+        assert counter_totals(reader) == {"microturn_sessions_migrated": 1}
+        await staying.close()
+    finally:
+        await channel.close()
+        await server.stop(grace=None)
+        await a.drain(timeout_s=0)
+        await b.drain(timeout_s=0)
+
+
+async def test_a_session_that_cannot_move_is_counted_at_the_drain_deadline():
+    settings = load_settings(
+        overrides={"interaction": {"bus": False, "session_slots": 4, "tick_grace_ms": 20}}
+    )
+    reader = InMemoryMetricReader()
+    a = InteractionCore(settings, "replica-a", model=tiny_model(), meter_provider=MeterProvider([reader]))
+    server, channel = await serve_first_not_draining([a])
+    try:
+        t0 = session_origin()
+        stuck = new_session(channel, "stuck", t0, seed=3)
+        await stuck.open()
+        await stuck.send(chunk_for("stuck", 0, t0))
+        await asyncio.wait_for(stuck.receive(), 10)
+        await a.drain(timeout_s=0.5)  # no other replica: the migration cannot happen
+        assert counter_totals(reader) == {"microturn_sessions_drain_deadline": 1}
+        assert not a.sessions
+    finally:
+        await channel.close()
+        await server.stop(grace=None)

@@ -332,9 +332,11 @@ The effective settings of the Serve replicas' sections: settings-defaults.yaml (
 {{- $defaults := .Files.Get "files/settings-defaults.yaml" | fromYaml -}}
 {{- $user := .Values.config | default dict -}}
 {{- $i := .Values.interaction -}}
+{{- $a := $i.serve.autoscaling -}}
 {{- $nats := dict "url" (include "microturn.natsUrl" .) -}}
 {{- /* No credentials or TLS files: the worker pods' environment has them
-(serve_config.FROM_POD_ENV). */ -}}
+(serve_config.FROM_POD_ENV). The same values are the Ray pods' MICROTURN_* environment
+(microturn.rayContainerEnv). */ -}}
 {{- $wiring := dict
   "nats" $nats
   "bus" (dict "manage_topology" false)
@@ -344,7 +346,21 @@ The effective settings of the Serve replicas' sections: settings-defaults.yaml (
       "http_port" $i.httpPort
       "replicas" $i.serve.replicas
       "num_cpus" $i.serve.numCpus
-      "num_gpus" (ternary $i.gpu.perReplica 0 $i.gpu.enabled)) -}}
+      "num_gpus" (ternary $i.gpu.perReplica 0 $i.gpu.enabled)
+      "drain_policy" $i.serve.drain.policy
+      "drain_wait_s" $i.serve.drain.waitSeconds
+      "drain_timeout_s" $i.serve.drain.timeoutSeconds
+      "autoscaling" (dict
+          "enabled" $a.enabled
+          "min_replicas" $a.minReplicas
+          "max_replicas" $a.maxReplicas
+          "target_sessions" $a.targetSessions
+          "target_tick_utilisation" $a.targetTickUtilisation
+          "headroom_sessions" $a.headroomSessions
+          "upscale_delay_s" $a.upscaleDelaySeconds
+          "downscale_delay_s" $a.downscaleDelaySeconds
+          "look_back_period_s" $a.lookBackPeriodSeconds
+          "metrics_interval_s" $a.metricsIntervalSeconds)) -}}
 {{- $out := dict -}}
 {{- range $section, $fields := $defaults -}}
 {{- $eff := deepCopy $fields -}}
@@ -356,23 +372,39 @@ The effective settings of the Serve replicas' sections: settings-defaults.yaml (
 {{- toYaml $out -}}
 {{- end -}}
 
-{{/* args.settings of the Serve application: the effective replica sections without their defaults,
-empty sections dropped (serve_config.replica_settings). */}}
+{{/* args.settings of the Serve application: the effective replica sections without their defaults
+(serve_config.replica_settings, pydantic's model_dump(exclude_defaults=True)). */}}
 {{- define "microturn.replicaSettings" -}}
 {{- $defaults := .Files.Get "files/settings-defaults.yaml" | fromYaml -}}
 {{- $eff := include "microturn.replicaEffective" . | fromYaml -}}
-{{- $out := dict -}}
-{{- range $section, $fields := $eff -}}
-{{- $d := get $defaults $section -}}
+{{- include "microturn.nonDefault" (dict "values" $eff "defaults" $defaults) -}}
+{{- end -}}
+
+{{/* YAML of the entries of .values that differ from .defaults, recursively: a nested mapping keeps only
+its sub-fields that differ, and is dropped when none does (sections, and nested settings models such
+as interaction.autoscaling, the way model_dump(exclude_defaults=True) treats them). */}}
+{{- define "microturn.nonDefault" -}}
+{{- $d := .defaults | default dict -}}
 {{- $kept := dict -}}
-{{- range $k, $v := $fields -}}
-{{- if or (not (hasKey $d $k)) (ne (toJson $v) (toJson (get $d $k))) -}}
+{{- range $k, $v := .values -}}
+{{- if not (hasKey $d $k) -}}
+{{- $_ := set $kept $k $v -}}
+{{- else if and (kindIs "map" $v) (kindIs "map" (get $d $k)) -}}
+{{- $sub := include "microturn.nonDefault" (dict "values" $v "defaults" (get $d $k)) | fromYaml -}}
+{{- if $sub }}{{ $_ := set $kept $k $sub }}{{ end -}}
+{{- else if ne (toJson $v) (toJson (get $d $k)) -}}
 {{- $_ := set $kept $k $v -}}
 {{- end -}}
 {{- end -}}
-{{- if $kept }}{{ $_ := set $out $section $kept }}{{ end -}}
+{{- toYaml $kept -}}
 {{- end -}}
-{{- toYaml $out -}}
+
+{{/* Serve's graceful_shutdown_timeout_s for the effective interaction settings (dict), as
+InteractionSettings.graceful_shutdown_timeout_s: noticing the stop, the wait (policy wait), the drain,
+and 5 s for the last streams to close. */}}
+{{- define "microturn.gracefulShutdownTimeout" -}}
+{{- $waited := ternary .drain_wait_s 0 (eq .drain_policy "wait") -}}
+{{- addf .stop_poll_s $waited .drain_timeout_s 5.0 -}}
 {{- end -}}
 
 {{/* The Serve config (serveConfigV2): files/serve.yaml (a copy of the package's serve.yaml) overridden
@@ -388,7 +420,30 @@ exactly as microturn.interaction.serve_config.render() does for the same setting
 {{- $_ = set $app "args" (dict "settings" (include "microturn.replicaSettings" . | fromYaml)) -}}
 {{- $dep := index $app.deployments 0 -}}
 {{- $slots2 := mul 2 (int $cfg.session_slots) -}}
+{{- $as := $cfg.autoscaling -}}
+{{- if $as.enabled -}}
+{{- /* microturn.interaction.autoscaling.autoscaling_config */ -}}
+{{- $_ = unset $dep "num_replicas" -}}
+{{- $policy := dict
+  "policy_function" "microturn.interaction.autoscaling:SessionLoadPolicy"
+  "policy_kwargs" (dict
+      "target_sessions" $as.target_sessions
+      "target_tick_utilisation" $as.target_tick_utilisation
+      "headroom_sessions" $as.headroom_sessions) -}}
+{{- $_ = set $dep "autoscaling_config" (dict
+  "min_replicas" $as.min_replicas
+  "initial_replicas" (max (int $as.min_replicas) 1)
+  "max_replicas" $as.max_replicas
+  "upscale_delay_s" $as.upscale_delay_s
+  "downscale_delay_s" $as.downscale_delay_s
+  "look_back_period_s" $as.look_back_period_s
+  "metrics_interval_s" $as.metrics_interval_s
+  "policy" $policy) -}}
+{{- else -}}
 {{- $_ = set $dep "num_replicas" $cfg.replicas -}}
+{{- end -}}
+{{- /* A replica being removed drains its sessions first. */ -}}
+{{- $_ = set $dep "graceful_shutdown_timeout_s" (include "microturn.gracefulShutdownTimeout" $cfg | float64) -}}
 {{- $_ = set $dep "max_ongoing_requests" (max (int $dep.max_ongoing_requests) $slots2) -}}
 {{- $_ = set $dep "max_queued_requests" (max (int $dep.max_queued_requests) $slots2) -}}
 {{- $_ = mergeOverwrite $dep.ray_actor_options (dict "num_cpus" $cfg.num_cpus "num_gpus" $cfg.num_gpus) -}}
@@ -432,6 +487,38 @@ exactly as microturn.interaction.serve_config.render() does for the same setting
 {{- if eq (int $i.grpcPort) (int $i.httpPort) -}}
 {{- fail "interaction.grpcPort and interaction.httpPort must differ" -}}
 {{- end -}}
+{{- /* Autoscaling: what the settings would reject in the pods, said here in the values' names. */ -}}
+{{- $cfg := get (include "microturn.replicaEffective" . | fromYaml) "interaction" -}}
+{{- $a := $i.serve.autoscaling -}}
+{{- if $a.enabled -}}
+{{- if gt (int $a.minReplicas) (int $a.maxReplicas) -}}
+{{- fail (printf "interaction.serve.autoscaling.minReplicas (%d) is above interaction.serve.autoscaling.maxReplicas (%d)" (int $a.minReplicas) (int $a.maxReplicas)) -}}
+{{- end -}}
+{{- if ge (int $a.targetSessions) (int $cfg.session_slots) -}}
+{{- fail (printf "interaction.serve.autoscaling.targetSessions (%d) must be below the replicas' session slots (config.interaction.session_slots: %d): the free slots take the calls that arrive during a scale-up" (int $a.targetSessions) (int $cfg.session_slots)) -}}
+{{- end -}}
+{{- if le (float64 $a.lookBackPeriodSeconds) (float64 $a.metricsIntervalSeconds) -}}
+{{- fail "interaction.serve.autoscaling.lookBackPeriodSeconds must be longer than metricsIntervalSeconds (the mean needs more than one report)" -}}
+{{- end -}}
+{{- end -}}
+{{- $grace := include "microturn.gracefulShutdownTimeout" $cfg | float64 -}}
+{{- $needed := addf $w.preStopSleepSeconds $grace -}}
+{{- if le (float64 $w.terminationGracePeriodSeconds) $needed -}}
+{{- fail (printf "interaction.worker.terminationGracePeriodSeconds (%d) must exceed interaction.worker.preStopSleepSeconds (%d) + Serve's graceful shutdown timeout (%v s: drain policy %s), or Kubernetes kills a worker pod while its replicas drain: raise it above %v" (int $w.terminationGracePeriodSeconds) (int $w.preStopSleepSeconds) $grace $cfg.drain_policy $needed $needed) -}}
+{{- end -}}
+{{- $ea := .Values.edge.autoscaling -}}
+{{- if $ea.enabled -}}
+{{- if gt (int $ea.minReplicas) (int $ea.maxReplicas) -}}
+{{- fail (printf "edge.autoscaling.minReplicas (%d) is above edge.autoscaling.maxReplicas (%d)" (int $ea.minReplicas) (int $ea.maxReplicas)) -}}
+{{- end -}}
+{{- $maxSessions := include "microturn.edgeMaxSessions" . | int -}}
+{{- if ge (int $ea.targetSessionsPerPod) $maxSessions -}}
+{{- fail (printf "edge.autoscaling.targetSessionsPerPod (%d) must be below the edge's config.edge.max_sessions (%d): a pod at its cap refuses the calls that arrive while a new pod starts" (int $ea.targetSessionsPerPod) $maxSessions) -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.edge.podDeletionCost.enabled (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) -}}
+{{- fail "edge.podDeletionCost grants get/patch on pods to the edge's ServiceAccount: with serviceAccount.create=false set serviceAccount.name (not the namespace's default), or edge.podDeletionCost.enabled=false" -}}
+{{- end -}}
 {{- range $svc := list "background" "tools" -}}
 {{- $v := index $.Values $svc -}}
 {{- if gt (int $v.keda.minReplicas) (int $v.keda.maxReplicas) -}}
@@ -441,6 +528,30 @@ exactly as microturn.interaction.serve_config.render() does for the same setting
 {{- fail (printf "%s.autoscaling.minReplicas is above %s.autoscaling.maxReplicas" $svc $svc) -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+
+{{/* config.edge.max_sessions, else the settings' default (EdgeSettings.max_sessions; a test keeps them equal). */}}
+{{- define "microturn.edgeMaxSessions" -}}
+{{- $sessions := 40 -}}
+{{- with .Values.config }}{{ with .edge }}{{ with .max_sessions }}{{ $sessions = int . }}{{ end }}{{ end }}{{ end -}}
+{{- $sessions -}}
+{{- end -}}
+
+{{/* NetworkPolicy egress rule: the Kubernetes API server (networkPolicy.apiServer). */}}
+{{- define "microturn.egressApiServer" -}}
+{{- $api := .Values.networkPolicy.apiServer -}}
+- ports:
+    {{- range $api.ports }}
+    - protocol: TCP
+      port: {{ . }}
+    {{- end }}
+  {{- with $api.cidrs }}
+  to:
+    {{- range . }}
+    - ipBlock:
+        cidr: {{ . }}
+    {{- end }}
+  {{- end }}
 {{- end -}}
 
 {{/* NetworkPolicy egress rule: cluster DNS. */}}

@@ -131,6 +131,66 @@ class LimitsSettings(_Section):
         return v
 
 
+class ServeAutoscalingSettings(_Section):
+    """Serve autoscaling of the interaction deployment on the replicas' own load signal (see
+    microturn.interaction.autoscaling): each replica's load is its sessions over ``target_sessions``
+    or its tick time over ``target_tick_utilisation`` of the micro-turn, whichever is higher."""
+
+    enabled: bool = Field(
+        False,
+        description="autoscale between min_replicas and max_replicas; false: interaction.replicas fixed",
+    )
+    min_replicas: int = Field(
+        1, ge=0, le=1024, description="fewest replicas (0: scale to zero; the first call then waits for one)"
+    )
+    max_replicas: int = Field(4, ge=1, le=1024, description="most replicas (the cluster must fit them)")
+    target_sessions: int = Field(
+        24,
+        ge=1,
+        le=4096,
+        description="sessions per replica the deployment is sized for (below interaction.session_slots: the "
+        "slots above it take the calls that arrive while a scale-up happens)",
+    )
+    target_tick_utilisation: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="share of the micro-turn a replica's tick may take at its target (the time signal, for "
+        "hardware that is full before its slots are)",
+    )
+    headroom_sessions: int = Field(
+        0, ge=0, le=100_000, description="sessions of spare capacity kept on top of the live ones"
+    )
+    upscale_delay_s: float = Field(
+        5.0, ge=0, le=3600, description="load above target this long adds replicas"
+    )
+    downscale_delay_s: float = Field(
+        120.0,
+        ge=0,
+        le=86_400,
+        description="load below target this long removes replicas (their sessions drain: interaction.drain_policy)",
+    )
+    look_back_period_s: float = Field(
+        10.0, gt=0, le=3600, description="the load signal is the mean over this window"
+    )
+    metrics_interval_s: float = Field(
+        2.0, gt=0, le=600, description="replicas report their load to the Serve controller this often"
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ServeAutoscalingSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})"
+            )
+        if self.look_back_period_s <= self.metrics_interval_s:
+            raise ValueError(
+                f"look_back_period_s ({self.look_back_period_s}) must be longer than metrics_interval_s "
+                f"({self.metrics_interval_s}): the mean needs more than one report"
+            )
+        return self
+
+
 class InteractionSettings(_Section):
     """The interaction service (Ray Serve deployment around the streaming engine)."""
 
@@ -171,19 +231,53 @@ class InteractionSettings(_Section):
     detach_timeout_s: float = Field(
         30.0, ge=0, le=3600, description="keep a session whose stream dropped this long for a reconnect"
     )
+    drain_policy: Literal["migrate", "wait"] = Field(
+        "migrate",
+        description="a replica being removed (scale-down, redeploy): migrate its sessions to other replicas "
+        "at once (make before break, no output gap), or wait up to drain_wait_s for them to end and then "
+        "migrate the rest. Either way it takes no new session",
+    )
+    drain_wait_s: float = Field(
+        600.0, ge=0, le=86_400, description="drain_policy wait: how long sessions may end by themselves"
+    )
     drain_timeout_s: float = Field(
         8.0,
         ge=0,
         le=3600,
-        description="a draining replica serves its sessions this long while their clients move them "
-        "(keep it under the Serve graceful_shutdown_timeout_s)",
+        description="a draining replica serves its sessions this long while their clients move them; those "
+        "still here then are ended with UNKNOWN_SESSION (their clients recover them elsewhere with a replay). "
+        "Serve's graceful_shutdown_timeout_s is derived from the drain settings",
     )
+    stop_poll_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="a replica asks the Serve controller this often whether it is being stopped, to start "
+        "its drain while its streams are still open",
+    )
+    autoscaling: ServeAutoscalingSettings = ServeAutoscalingSettings()
     retry_after_ms: int = Field(1000, ge=0, le=60_000, description="suggested wait in over-capacity errors")
     context_utterances: int = Field(32, ge=1, le=1024, description="utterances kept for delegation context")
     delegation_deadline_s: float = Field(30.0, gt=0, le=3600)
     bus: bool = Field(True, description="connect to NATS for delegations and background updates")
 
     _check_ports = field_validator("grpc_port", "http_port")(_port)
+
+    @model_validator(mode="after")
+    def _target_below_slots(self) -> InteractionSettings:
+        if self.autoscaling.enabled and self.autoscaling.target_sessions >= self.session_slots:
+            raise ValueError(
+                f"autoscaling.target_sessions ({self.autoscaling.target_sessions}) must be below session_slots "
+                f"({self.session_slots}): the free slots take the calls that arrive during a scale-up"
+            )
+        return self
+
+    @property
+    def graceful_shutdown_timeout_s(self) -> float:
+        """How long Serve lets a replica it removes live: noticing the stop, the drain, and a margin
+        for the last streams to close before it is killed."""
+        waited = self.drain_wait_s if self.drain_policy == "wait" else 0.0
+        return self.stop_poll_s + waited + self.drain_timeout_s + 5.0
 
     @field_validator("device")
     @classmethod
@@ -252,6 +346,21 @@ class EdgeSettings(_Section):
         description="while every interaction replica is over capacity (or unreachable), keep retrying a call's "
         "session open this long, at the pace the replica asks (retry_after_ms): the caller hears 'waiting' "
         "while a scale-up brings a replica, then the call goes live without the browser doing anything",
+    )
+    pod_name: str | None = Field(
+        None,
+        description="this edge's Kubernetes pod (downward API metadata.name). Set: the edge keeps the pod's "
+        "controller.kubernetes.io/pod-deletion-cost annotation equal to its live sessions, so a scale-down "
+        "removes the emptiest edge first (the pod's ServiceAccount needs get and patch on pods)",
+    )
+    pod_namespace: str | None = Field(
+        None, description="namespace of pod_name; unset: the ServiceAccount's namespace file in the pod"
+    )
+    deletion_cost_interval_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="with pod_name: update the pod-deletion-cost annotation at most this often",
     )
     offer_timeout_s: float = Field(30.0, gt=0, le=3600, description="reap a session with no offer after this")
     idle_timeout_s: float = Field(30.0, gt=0, le=3600, description="reap a session with no media this long")

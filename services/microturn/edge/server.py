@@ -14,6 +14,7 @@ from opentelemetry import metrics
 from opentelemetry.metrics import Observation
 
 from microturn.config import Settings
+from microturn.edge.deletion_cost import DeletionCost
 from microturn.edge.events import ClientErrors
 from microturn.edge.ice import pin_host_candidates, use_port_range
 from microturn.edge.peer import EdgeSession
@@ -34,6 +35,7 @@ class EdgeServer:
         self.sessions: dict[str, EdgeSession] = {}
         self.channel: grpc.aio.Channel | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self.deletion_cost: DeletionCost | None = None
         if self.cfg.ice_host_addresses:
             pin_host_candidates(self.cfg.ice_host_addresses)
         use_port_range(self.cfg.ice_port_min, self.cfg.ice_port_max)  # unset: aioice's own binding
@@ -52,8 +54,13 @@ class EdgeServer:
     async def start(self) -> None:
         self.channel = grpc.aio.insecure_channel(self.interaction_target)
         self._reaper = asyncio.create_task(self._reap_forever())
+        self.deletion_cost = DeletionCost.from_settings(self.cfg, lambda: len(self.sessions))
+        if self.deletion_cost is not None:
+            self.deletion_cost.start()
 
     async def stop(self) -> None:
+        if self.deletion_cost is not None:
+            await self.deletion_cost.stop()
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

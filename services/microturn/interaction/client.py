@@ -96,13 +96,14 @@ class InteractionSession:
         self._next_accepted: interaction_pb2.SessionAccepted | None = None
         self._next_read: asyncio.Task | None = None
         self.migrations = 0
+        self.switched_at: list[int] = []  # per migration: the first chunk index the new owner answered
 
     # -- opening and recovery ------------------------------------------------------------------
     async def open(self) -> interaction_pb2.SessionAccepted:
         return await self._open(first=0, live_from=0)
 
     async def _open(self, first: int, live_from: int) -> interaction_pb2.SessionAccepted:
-        call, accepted = await self._connect(first, live_from)
+        call, accepted = await self._connect(first, live_from, owner=None)
         self._set_call(call)  # from here on send() writes directly (no await since _connect's last write)
         return accepted
 
@@ -114,11 +115,12 @@ class InteractionSession:
         self._call = call
 
     async def _connect(
-        self, first: int, live_from: int
+        self, first: int, live_from: int, owner: str | None
     ) -> tuple[grpc.aio.StreamStreamCall, interaction_pb2.SessionAccepted]:
         """A new stream: OpenSession, the replay, then every chunk not yet answered. The caller registers
-        the call right away (no await in between), so the chunks ``send`` adds later reach it too."""
-        call = self.stub.Converse(metadata=stream_metadata(self.app_name, self.session_id))
+        the call right away (no await in between), so the chunks ``send`` adds later reach it too.
+        ``owner``: the replica to try first (the one that held the session), None: the least loaded."""
+        call = self.stub.Converse(metadata=stream_metadata(self.app_name, self.session_id, owner))
         await call.write(
             interaction_pb2.ClientMessage(
                 open=interaction_pb2.OpenSession(
@@ -166,20 +168,21 @@ class InteractionSession:
             raise ConnectionError(
                 f"session {self.session_id}: gave up after {self.max_recoveries} recoveries in a minute"
             )
-        call, accepted = await self._reconnect("recovered on", attempts=None)
+        owner = self.accepted.replica_id if self.accepted is not None else None
+        call, accepted = await self._reconnect("recovered on", attempts=None, owner=owner)
         self._set_call(call)  # (no await since _connect's last write)
         return accepted
 
     async def _reconnect(
-        self, what: str, attempts: int | None
+        self, what: str, attempts: int | None, owner: str | None
     ) -> tuple[grpc.aio.StreamStreamCall, interaction_pb2.SessionAccepted]:
-        """Open the session on its current owner with a replay, retrying with backoff (for ever, or
-        ``attempts`` times) while the answer is retryable."""
+        """Open the session with a replay (on ``owner`` if it still serves, else wherever the router
+        puts it), retrying with backoff (for ever, or ``attempts`` times) while the answer is retryable."""
         delay, tried = 0.05, 0
         while True:
             first, live_from = self._replay_range()
             try:
-                call, accepted = await self._connect(first, live_from)
+                call, accepted = await self._connect(first, live_from, owner)
                 log.info("session %s %s replica %s (replayed %d chunks)",
                          self.session_id, what, accepted.replica_id, live_from - first)  # fmt: skip
                 return call, accepted
@@ -203,7 +206,8 @@ class InteractionSession:
             self._migration = asyncio.ensure_future(self._migrate())
 
     async def _migrate(self) -> None:
-        call, accepted = await self._reconnect("migrating to", attempts=self.max_recoveries)
+        # not the draining owner: any other replica
+        call, accepted = await self._reconnect("migrating to", attempts=self.max_recoveries, owner=None)
         self._next_call, self._next_accepted = call, accepted  # (no await since _connect's last write)
 
     def _drop_migration(self) -> None:
@@ -284,6 +288,7 @@ class InteractionSession:
                 if msg.chunk.header.chunk_index <= self.answered:
                     continue  # still catching up with what the draining replica already answered
                 self._switch_to_next()
+                self.switched_at.append(msg.chunk.header.chunk_index)
             elif kind == "error" and msg.error.code == Code.ERROR_CODE_DRAINING:
                 self._start_migration()
                 continue

@@ -52,6 +52,7 @@ from microturn.telemetry import RateLimitedLog, log_context, session_attributes
 from microturn.v1 import chunk_pb2, delegation_pb2, interaction_pb2, media_pb2
 
 log = logging.getLogger(__name__)
+BUS_CLOSE_TIMEOUT_S = 3.0  # a drain must end inside Serve's graceful shutdown, whatever NATS does
 
 
 @dataclass
@@ -61,6 +62,7 @@ class TickStats:
     ticks: int = 0
     misses: int = 0
     batches: deque[int] = field(default_factory=lambda: deque(maxlen=1000))
+    steps: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=1000))  # (end, ms)
 
 
 class InteractionCore:
@@ -91,6 +93,8 @@ class InteractionCore:
         self.sessions: dict[str, Session] = {}
         self.stats = TickStats()
         self.draining = False
+        self._drain_task: asyncio.Task[None] | None = None
+        self._replica_attr = {"replica": replica_id}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="engine-step")
         self._lock: asyncio.Lock | None = None
         self._tick_task: asyncio.Task[None] | None = None
@@ -125,6 +129,14 @@ class InteractionCore:
         self._m_rebuild_turns = meter.create_counter(
             "microturn_rebuild_turns", description="teacher-forced micro-turns run to rebuild sessions"
         )
+        self._m_migrated = meter.create_counter(
+            "microturn_sessions_migrated",
+            description="sessions a draining replica handed to another one (make before break)",
+        )
+        self._m_drain_deadline = meter.create_counter(
+            "microturn_sessions_drain_deadline",
+            description="sessions still on a draining replica at its deadline, ended for their clients to recover",
+        )
 
         def lag(_: CallbackOptions) -> list[Observation]:
             """The worst attached session's lag (no per-session label: sessions are unbounded)."""
@@ -145,6 +157,16 @@ class InteractionCore:
         meter.create_observable_gauge(
             "microturn_sessions", [lambda _: [Observation(len(self.sessions), {"replica": self.replica_id})]]
         )
+        meter.create_observable_gauge(
+            "microturn_tick_utilisation",
+            [lambda _: [Observation(self.tick_utilisation(), {"replica": self.replica_id})]],
+            description="share of the last seconds' micro-turns the engine step took (the autoscaling signal)",
+        )
+
+    def tick_utilisation(self, window_s: float = 5.0) -> float:
+        """Share of the last ``window_s`` the engine step took (1.0: ticks fill every micro-turn)."""
+        since = time.monotonic() - window_s
+        return sum(ms for end, ms in list(self.stats.steps) if end >= since) / (window_s * 1000)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -165,12 +187,29 @@ class InteractionCore:
         """Stop accepting sessions and hand the held ones to other replicas, make before break: each
         client is told DRAINING while its session keeps running here; it opens the session elsewhere
         with a replay and lets this stream go once the new owner's output has caught up, so the call
-        has no output gap. Sessions still here after ``drain_timeout_s`` are closed with
-        UNKNOWN_SESSION (their clients then recover as after a loss)."""
+        has no output gap. With ``drain_policy`` wait, sessions first get ``drain_wait_s`` to end by
+        themselves. Sessions still here ``drain_timeout_s`` after DRAINING are ended with
+        UNKNOWN_SESSION (their clients then recover as after a loss). Called again (Serve's
+        destructor after the stop watch began it), it waits for the same drain."""
+        if self._drain_task is None:
+            self._drain_task = asyncio.create_task(self._drain(timeout_s), name="drain")
+        await asyncio.shield(self._drain_task)
+
+    def _attached(self) -> list[Session]:
+        return [s for s in self.sessions.values() if s.outbox is not None]
+
+    async def _drain(self, timeout_s: float | None) -> None:
         self.draining = True
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self.cfg.drain_timeout_s if timeout_s is None else timeout_s)
-        for session in list(self.sessions.values()):
+        started = loop.time()
+        held = len(self._attached())
+        if self.cfg.drain_policy == "wait" and held:
+            log.info("draining: waiting for %d sessions to end (up to %.0f s)", held, self.cfg.drain_wait_s)
+            until = loop.time() + self.cfg.drain_wait_s
+            while self._attached() and loop.time() < until:
+                await asyncio.sleep(0.2)
+        moving = self._attached()
+        for session in moving:
             self._send_error(
                 session,
                 StreamError(
@@ -180,8 +219,18 @@ class InteractionCore:
                     session.next_index,
                 ),
             )
-        while any(s.outbox is not None for s in self.sessions.values()) and loop.time() < deadline:
+        deadline = loop.time() + (self.cfg.drain_timeout_s if timeout_s is None else timeout_s)
+        while self._attached() and loop.time() < deadline:
             await asyncio.sleep(0.02)
+        left = self._attached()
+        moved = len([s for s in moving if s not in left])
+        if moved:
+            self._m_migrated.add(moved, self._replica_attr)
+        if left:
+            self._m_drain_deadline.add(len(left), self._replica_attr)
+            log.warning(
+                "drain deadline: %d sessions still here are ended for their clients to recover", len(left)
+            )
         for session in list(self.sessions.values()):
             if session.outbox is not None:
                 self._send_error(
@@ -198,8 +247,17 @@ class InteractionCore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._tick_task
         if self.bridge is not None:
-            await self.bridge.close()
+            try:
+                async with asyncio.timeout(BUS_CLOSE_TIMEOUT_S):
+                    await self.bridge.close()
+            except TimeoutError:
+                log.warning("the bus connection did not close within %.0f s; leaving it", BUS_CLOSE_TIMEOUT_S)
         self._executor.shutdown(wait=True)
+        log.info(
+            "drained",
+            extra={"fields": {"migrated": moved, "ended_at_deadline": len(left),
+                              "seconds": round(loop.time() - started, 2)}},
+        )  # fmt: skip
 
     # -- the stream ----------------------------------------------------------------------------
     async def converse(
@@ -595,6 +653,7 @@ class InteractionCore:
         st = self.stats
         st.ticks += 1
         st.batches.append(len(inputs))
+        st.steps.append((time.monotonic(), engine_us / 1000))
         self._m_tick.record(engine_us / 1000)
         self._m_batch.record(len(inputs))
         for (s, chunk), out, updates in zip(batch, results, fed, strict=True):

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, SecretStr
 
 from microturn.config import Settings
+from microturn.interaction.autoscaling import autoscaling_config
 
 TEMPLATE = Path(__file__).with_name("serve.yaml")
 APPLICATIONS_PATH = "/api/serve/applications/"
@@ -39,7 +40,13 @@ def render(settings: Settings) -> dict[str, Any]:
     # the defaults of a fresh process.
     app["args"] = {"settings": replica_settings(settings)}
     (dep,) = app["deployments"]
-    dep["num_replicas"] = cfg.replicas
+    if cfg.autoscaling.enabled:
+        dep.pop("num_replicas")
+        dep["autoscaling_config"] = autoscaling_config(cfg.autoscaling)
+    else:
+        dep["num_replicas"] = cfg.replicas
+    # A replica being removed drains its sessions first (see InteractionCore.drain).
+    dep["graceful_shutdown_timeout_s"] = cfg.graceful_shutdown_timeout_s
     dep["max_ongoing_requests"] = max(dep["max_ongoing_requests"], 2 * cfg.session_slots)
     # A burst of session opens (every caller of a restarted replica at once) may briefly queue.
     dep["max_queued_requests"] = max(dep["max_queued_requests"], 2 * cfg.session_slots)
