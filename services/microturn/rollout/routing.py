@@ -1,0 +1,79 @@
+"""The routing table every edge reads: ``{version: weight}`` with an epoch.
+
+A *new* session picks its version once, from its id: the id hashes to a point in [0, 100) and the
+versions, in name order, own consecutive ranges as wide as their weights. So the choice is
+deterministic (every edge, every retry agrees) and, as a candidate's weight only grows during a
+rollout, a session id that picked the candidate at one weight picks it at every higher one. A session
+keeps the version it picked for its whole life; a table change affects only sessions created after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TOTAL = 100
+
+
+class RoutingError(ValueError):
+    """A routing table that cannot be applied (the message says why)."""
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    epoch: int
+    weights: dict[str, int] = field(default_factory=dict)  # version -> percent of new sessions
+
+    def __post_init__(self) -> None:
+        if self.epoch < 0:
+            raise RoutingError(f"epoch must be >= 0, got {self.epoch}")
+        if not self.weights:
+            raise RoutingError("a routing table needs at least one version")
+        for version, w in self.weights.items():
+            if not version or not isinstance(w, int) or not 0 <= w <= TOTAL:
+                raise RoutingError(f"weight of {version!r} must be an integer 0..{TOTAL}, got {w!r}")
+        if sum(self.weights.values()) != TOTAL:
+            raise RoutingError(
+                f"weights must add up to {TOTAL}, got {sum(self.weights.values())}: {self.weights}"
+            )
+
+    def pick(self, session_id: str) -> str:
+        """The version a new session with this id runs on."""
+        point = session_point(session_id)
+        edge = 0
+        for version in sorted(self.weights):
+            edge += self.weights[version]
+            if point < edge:
+                return version
+        raise AssertionError("weights add up to TOTAL")  # unreachable: checked in __post_init__
+
+    def to_json(self) -> str:
+        return json.dumps({"epoch": self.epoch, "weights": dict(sorted(self.weights.items()))})
+
+    @classmethod
+    def from_json(cls, text: str) -> RoutingTable:
+        try:
+            doc: Any = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RoutingError(f"routing table is not JSON: {exc}") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("weights"), dict):
+            raise RoutingError('routing table must be {"epoch": N, "weights": {"version": percent, ...}}')
+        epoch = doc.get("epoch", 0)
+        if not isinstance(epoch, int):
+            raise RoutingError(f"epoch must be an integer, got {epoch!r}")
+        return cls(epoch, dict(doc["weights"]))
+
+    def write(self, path: Path) -> None:
+        """Replace ``path`` atomically (readers see the old table or the new one, never half)."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(self.to_json() + "\n")
+        tmp.replace(path)
+
+
+def session_point(session_id: str) -> float:
+    """Where a session id falls in [0, TOTAL): the first 8 bytes of its SHA-256, uniform."""
+    digest = hashlib.sha256(session_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 * TOTAL
