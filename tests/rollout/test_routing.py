@@ -36,11 +36,12 @@ def test_zero_weight_gets_nothing_and_full_weight_gets_everything():
 
 
 def test_the_json_form_round_trips_and_writes_atomically(tmp_path):
-    table = RoutingTable(7, {"v2": 10, "v1": 90})
+    table = RoutingTable(7, {"v2": 10, "v1": 90}, apps={"v2": "interaction-v2"})
     path = tmp_path / "routing.json"
     table.write(path)
     assert RoutingTable.from_json(path.read_text()) == table
     assert not list(tmp_path.glob(".*.tmp"))
+    assert {table.route(f"s{i}", "interaction").app for i in range(200)} == {"interaction", "interaction-v2"}
 
 
 @pytest.mark.parametrize(
@@ -54,6 +55,10 @@ def test_the_json_form_round_trips_and_writes_atomically(tmp_path):
         ('{"epoch": 1, "weights": {"v1": 50.5, "v2": 49.5}}', "integer 0..100"),
         ('{"epoch": "one", "weights": {"v1": 100}}', "epoch must be an integer"),
         ('{"epoch": -1, "weights": {"v1": 100}}', "epoch must be >= 0"),
+        ('{"epoch": true, "weights": {"v1": 100}}', "epoch must be an integer"),
+        ('{"epoch": 1, "weights": {"v1": 100}, "apps": {"v9": "x"}}', "without a weight"),
+        ('{"epoch": 1, "weights": {"v1": 100}, "apps": {"v1": ""}}', "non-empty string"),
+        ('{"epoch": 1, "weights": {"v1": 100}, "apps": ["v1"]}', "apps must be an object"),
     ],
 )
 def test_a_bad_table_says_why(text, message):

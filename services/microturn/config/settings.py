@@ -347,6 +347,14 @@ class EdgeSettings(_Section):
         "session open this long, at the pace the replica asks (retry_after_ms): the caller hears 'waiting' "
         "while a scale-up brings a replica, then the call goes live without the browser doing anything",
     )
+    routing_file: Path | None = Field(
+        None,
+        description="the routing table of model versions (JSON {epoch, weights, apps}, written by a rollout): "
+        "each new call picks its version from it once; unset: every call goes to interaction.app_name",
+    )
+    routing_poll_s: float = Field(
+        1.0, gt=0, le=300, description="re-read routing_file this often when it changed"
+    )
     pod_name: str | None = Field(
         None,
         description="this edge's Kubernetes pod (downward API metadata.name). Set: the edge keeps the pod's "

@@ -169,7 +169,9 @@ def create_app(
 
     @app.get("/healthz", response_class=PlainTextResponse)
     async def healthz() -> str:
-        return f"ok {len(edge.sessions)}/{settings.edge.max_sessions} sessions\n"
+        epoch = edge.routing.epoch
+        routing = f", routing epoch {epoch}" if epoch is not None else ""
+        return f"ok {len(edge.sessions)}/{settings.edge.max_sessions} sessions{routing}\n"
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:

@@ -49,6 +49,7 @@ from microturn.edge.turn import session_ice_servers
 from microturn.interaction.client import InteractionSession, SessionClosed, SessionRejected
 from microturn.protocol.chunks import input_chunk
 from microturn.protocol.clock import ChunkClock, now_unix_ms
+from microturn.rollout.routing import Route
 from microturn.telemetry import log_context
 from microturn.v1 import media_pb2
 
@@ -66,8 +67,11 @@ class EdgeSession:
         settings: Settings,
         channel: grpc.aio.Channel,
         client_errors: ClientErrors | None = None,
+        route: Route | None = None,
     ) -> None:
         self.session_id = session_id
+        # the model version and Serve application of this call, for its whole life
+        self.route = route or Route("", settings.interaction.app_name)
         self.settings = settings
         self.cfg = settings.edge
         # the process's error accounting (EdgeServer's); a session on its own counts nowhere
@@ -220,8 +224,9 @@ class EdgeSession:
         assert self.t0_ms is not None
         self.grpc = InteractionSession(
             self.channel,
-            self.settings.interaction.app_name,
+            self.route.app,
             self.session_id,
+            model_version=self.route.version,
             seed=secrets.randbits(31),
             t0_ms=self.t0_ms,
             chunk_ms=self.limits.chunk_ms,

@@ -18,6 +18,7 @@ from microturn.edge.deletion_cost import DeletionCost
 from microturn.edge.events import ClientErrors
 from microturn.edge.ice import pin_host_candidates, use_port_range
 from microturn.edge.peer import EdgeSession
+from microturn.edge.routing import RoutingWatcher
 from microturn.edge.tokens import SessionTokens
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,9 @@ class EdgeServer:
         use_port_range(self.cfg.ice_port_min, self.cfg.ice_port_max)  # unset: aioice's own binding
         meter = (meter_provider or metrics.get_meter_provider()).get_meter("microturn.edge")
         self.client_errors = ClientErrors(meter, self.cfg.client_error_log_interval_s)
+        self.routing = RoutingWatcher(
+            self.cfg.routing_file, settings.interaction.app_name, meter, self.cfg.routing_poll_s
+        )
         meter.create_observable_gauge(
             "microturn_edge_sessions",
             [lambda _: [Observation(len(self.sessions))]],
@@ -54,11 +58,13 @@ class EdgeServer:
     async def start(self) -> None:
         self.channel = grpc.aio.insecure_channel(self.interaction_target)
         self._reaper = asyncio.create_task(self._reap_forever())
+        self.routing.start()
         self.deletion_cost = DeletionCost.from_settings(self.cfg, lambda: len(self.sessions))
         if self.deletion_cost is not None:
             self.deletion_cost.start()
 
     async def stop(self) -> None:
+        await self.routing.stop()
         if self.deletion_cost is not None:
             await self.deletion_cost.stop()
         if self._reaper is not None:
@@ -75,7 +81,10 @@ class EdgeServer:
             raise EdgeFull(f"this edge holds its limit of {self.cfg.max_sessions} sessions")
         assert self.channel is not None, "start() first"
         session_id = "s" + secrets.token_urlsafe(12).replace("-", "x").replace("_", "y")
-        session = EdgeSession(session_id, self.settings, self.channel, client_errors=self.client_errors)
+        session = EdgeSession(
+            session_id, self.settings, self.channel, client_errors=self.client_errors,
+            route=self.routing.route(session_id),
+        )  # fmt: skip
         self.sessions[session_id] = session
         token, expires = self.tokens.issue(session_id)
         return session, token, expires

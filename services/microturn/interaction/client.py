@@ -58,6 +58,7 @@ class InteractionSession:
         session_id: str,
         *,
         seed: int = 0,
+        model_version: str = "",
         t0_ms: int,
         chunk_ms: int = CHUNK_MS,
         window_chunks: int | None = None,
@@ -73,6 +74,7 @@ class InteractionSession:
         reopen not answered this long is tried again (a stream routed to a replica that just died)."""
         self.stub = interaction_pb2_grpc.InteractionStub(channel)
         self.app_name, self.session_id, self.seed = app_name, session_id, seed
+        self.model_version = model_version  # asked for in every OpenSession ("": the replica's)
         self.t0_ms, self.chunk_ms = t0_ms, chunk_ms
         self.window_chunks = window_chunks
         self.max_recoveries = max_recoveries
@@ -129,6 +131,7 @@ class InteractionSession:
                     first_chunk_index=first,
                     first_media_start_unix_ms=self.t0_ms + first * self.chunk_ms,
                     live_from_chunk_index=live_from,
+                    model_version=self.model_version,
                 )
             )
         )

@@ -23,9 +23,18 @@ class RoutingError(ValueError):
 
 
 @dataclass(frozen=True)
+class Route:
+    """Where a new session goes: the model version it asks for and the Serve application serving it."""
+
+    version: str
+    app: str
+
+
+@dataclass(frozen=True)
 class RoutingTable:
     epoch: int
     weights: dict[str, int] = field(default_factory=dict)  # version -> percent of new sessions
+    apps: dict[str, str] = field(default_factory=dict)  # version -> Serve application (default: the edge's)
 
     def __post_init__(self) -> None:
         if self.epoch < 0:
@@ -33,12 +42,21 @@ class RoutingTable:
         if not self.weights:
             raise RoutingError("a routing table needs at least one version")
         for version, w in self.weights.items():
-            if not version or not isinstance(w, int) or not 0 <= w <= TOTAL:
+            if not version or not isinstance(w, int) or isinstance(w, bool) or not 0 <= w <= TOTAL:
                 raise RoutingError(f"weight of {version!r} must be an integer 0..{TOTAL}, got {w!r}")
         if sum(self.weights.values()) != TOTAL:
             raise RoutingError(
                 f"weights must add up to {TOTAL}, got {sum(self.weights.values())}: {self.weights}"
             )
+        if unknown := set(self.apps) - set(self.weights):
+            raise RoutingError(f"apps names versions without a weight: {sorted(unknown)}")
+        if any(not isinstance(a, str) or not a for a in self.apps.values()):
+            raise RoutingError("apps: every application name must be a non-empty string")
+
+    def route(self, session_id: str, default_app: str) -> Route:
+        """Version and application of a new session with this id."""
+        version = self.pick(session_id)
+        return Route(version, self.apps.get(version, default_app))
 
     def pick(self, session_id: str) -> str:
         """The version a new session with this id runs on."""
@@ -51,7 +69,10 @@ class RoutingTable:
         raise AssertionError("weights add up to TOTAL")  # unreachable: checked in __post_init__
 
     def to_json(self) -> str:
-        return json.dumps({"epoch": self.epoch, "weights": dict(sorted(self.weights.items()))})
+        doc = {"epoch": self.epoch, "weights": dict(sorted(self.weights.items()))}
+        if self.apps:
+            doc["apps"] = dict(sorted(self.apps.items()))
+        return json.dumps(doc)
 
     @classmethod
     def from_json(cls, text: str) -> RoutingTable:
@@ -62,9 +83,12 @@ class RoutingTable:
         if not isinstance(doc, dict) or not isinstance(doc.get("weights"), dict):
             raise RoutingError('routing table must be {"epoch": N, "weights": {"version": percent, ...}}')
         epoch = doc.get("epoch", 0)
-        if not isinstance(epoch, int):
+        if not isinstance(epoch, int) or isinstance(epoch, bool):
             raise RoutingError(f"epoch must be an integer, got {epoch!r}")
-        return cls(epoch, dict(doc["weights"]))
+        apps = doc.get("apps", {})
+        if not isinstance(apps, dict):
+            raise RoutingError("apps must be an object {version: application}")
+        return cls(epoch, dict(doc["weights"]), dict(apps))
 
     def write(self, path: Path) -> None:
         """Replace ``path`` atomically (readers see the old table or the new one, never half)."""

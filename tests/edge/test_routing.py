@@ -1,0 +1,113 @@
+"""The edge applies the routing table of model versions to new calls (edge.routing_file): each call
+picks its version once, from its id; a table change affects only later calls; a bad table is reported
+and the last good one stays in force."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+from microturn.config import load_settings
+from microturn.edge.routing import RoutingWatcher
+from microturn.edge.server import EdgeServer
+from microturn.rollout.routing import Route, RoutingTable
+
+from .conftest import wait_until
+from .webrtc_client import EdgeClient
+
+VERSION = "tiny-test"  # what the edge_stack replica serves
+
+
+def watcher(path, reader=None) -> RoutingWatcher:
+    provider = MeterProvider([reader] if reader else [])
+    return RoutingWatcher(path, "interaction", provider.get_meter("test"), poll_s=0.01)
+
+
+def touch_later(path) -> None:
+    st = path.stat()
+    os.utime(path, (st.st_atime + 5, st.st_mtime + 5))  # a new mtime even within the clock's resolution
+
+
+def test_without_a_table_calls_go_to_the_default_application(tmp_path):
+    w = watcher(None)
+    assert w.route("s1") == Route("", "interaction") and w.epoch is None
+
+
+def test_the_table_routes_new_calls_and_a_changed_file_is_picked_up(tmp_path):
+    path = tmp_path / "routing.json"
+    RoutingTable(1, {"v1": 100}).write(path)
+    w = watcher(path)
+    assert w.epoch == 1 and w.route("abc") == Route("v1", "interaction")
+    RoutingTable(2, {"v1": 0, "v2": 100}, apps={"v2": "interaction-v2"}).write(path)
+    touch_later(path)
+    w.reload()
+    assert w.epoch == 2 and w.route("abc") == Route("v2", "interaction-v2")
+
+
+def test_a_bad_table_is_reported_once_counted_and_the_last_good_one_kept(tmp_path, caplog):
+    path = tmp_path / "routing.json"
+    RoutingTable(4, {"v1": 100}).write(path)
+    reader = InMemoryMetricReader()
+    w = watcher(path, reader)
+    path.write_text('{"epoch": 5, "weights": {"v1": 70}}')
+    with caplog.at_level(logging.ERROR, "microturn.edge.routing"):
+        for _ in range(3):
+            touch_later(path)
+            w.reload()
+    assert w.epoch == 4 and w.route("x") == Route("v1", "interaction")
+    errors = [r for r in caplog.records if "routing table" in r.getMessage()]
+    assert (
+        len(errors) == 1
+        and "add up to 100" in errors[0].getMessage()
+        and "epoch 4 stays" in errors[0].getMessage()
+    )
+    points = {m.name: m.data.data_points for rm in reader.get_metrics_data().resource_metrics
+              for sm in rm.scope_metrics for m in sm.metrics}  # fmt: skip
+    assert sum(p.value for p in points["microturn_edge_routing_errors"]) == 3
+    assert [p.value for p in points["microturn_edge_routing_epoch"]] == [4]
+    path.unlink()
+    w.reload()  # a missing file is a problem too, not a crash
+    assert w.epoch == 4
+
+
+def test_the_edge_server_reads_the_file_named_by_its_settings(tmp_path):
+    path = tmp_path / "routing.json"
+    RoutingTable(3, {"v1": 100}).write(path)
+    edge = EdgeServer(load_settings(overrides={"edge": {"routing_file": str(path)}}))
+    assert edge.routing.epoch == 3 and edge.routing.path == path
+
+
+async def call_events(stack, table: RoutingTable, tmp_path) -> tuple[EdgeClient, list[dict]]:
+    path = tmp_path / "routing.json"
+    table.write(path)
+    stack.edge.routing.path = path
+    stack.edge.routing.reload()
+    client = EdgeClient(stack.url, video=False)
+    await client.connect()
+    return client, client.events
+
+
+async def test_a_call_runs_on_the_version_the_table_picked(edge_stack, tmp_path):
+    client, events = await call_events(edge_stack, RoutingTable(3, {VERSION: 100}), tmp_path)
+    try:
+        await wait_until(lambda: len(client.chunk_arrivals()) >= 5, 60, "output chunks")
+        session = edge_stack.edge.sessions[client.session_id]
+        assert session.route == Route(VERSION, "interaction") and session.grpc.model_version == VERSION
+        versions = {e["model_version"] for e in events if e.get("type") == "chunk"}
+        assert versions == {VERSION}
+    finally:
+        await client.close()
+
+
+async def test_a_version_no_replica_serves_gets_a_clear_error_not_a_hang(edge_stack, tmp_path):
+    client, events = await call_events(edge_stack, RoutingTable(3, {"no-such-version": 100}), tmp_path)
+    try:
+        await wait_until(lambda: any(e.get("type") == "error" for e in events), 60, "the error event")
+        (error,) = [e for e in events if e.get("type") == "error"]
+        assert "no-such-version" in error["message"] and "not served here" in error["message"], error
+        assert client.session_id not in edge_stack.core.sessions
+    finally:
+        await client.close()
