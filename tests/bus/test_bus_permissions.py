@@ -132,7 +132,7 @@ async def topology(secure_nats, passwords):
 def test_table_is_plain_data_and_edge_has_no_user():
     data = permissions_data()
     assert json.loads(json.dumps(data)) == data
-    assert set(data) == set(USERS) == {"interaction", "background", "tools", "setup"}
+    assert set(data) == set(USERS) == {"interaction", "background", "tools", "setup", "rollout"}
     assert "edge" not in data
     for user, perms in data.items():
         assert set(perms) == {"publish", "subscribe"}

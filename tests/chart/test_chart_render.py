@@ -1080,7 +1080,9 @@ def test_nats_values_declare_the_users_and_permissions():
     assert secret_name == NATS_SECRET
     for u in users:
         name = u["user"]
-        assert {k: sorted(v["allow"]) for k, v in u["permissions"].items()} == expected[name], name
+        # nats-server reads an empty allow list as "anything": nothing allowed is rendered deny-all
+        assert {k: sorted(v.get("allow", [])) for k, v in u["permissions"].items()} == expected[name], name
+        assert all(v == {"deny": [">"]} for k, v in u["permissions"].items() if not expected[name][k]), name
         var = password_env_var(name)
         assert u["password"] == f"<< ${var} >>", name
         assert env[var] == {"valueFrom": {"secretKeyRef": {"name": secret_name, "key": name}}}, name

@@ -13,8 +13,9 @@ The table below is the single source of the permissions. It is used three ways:
   from microturn.bus.permissions import permissions_data; print(json.dumps(permissions_data()))"``).
 * :func:`permission_table` gives the typed rules, each with the reason it is needed.
 
-Users: ``interaction`` (the Ray Serve replicas), ``background``, ``tools``, and ``setup`` (the
-``microturn bus setup`` job: creates and updates the streams and the services' durable consumers).
+Users: ``interaction`` (the Ray Serve replicas), ``background``, ``tools``, ``setup`` (the
+``microturn bus setup`` job: creates and updates the streams and the services' durable consumers),
+and ``rollout`` (the rollout controller: reads the replicas' service reports, publishes nothing).
 The edge does not use NATS and gets no user.
 
 How the rules were found: every JetStream call the services make goes through nats-py, which maps
@@ -54,8 +55,9 @@ INTERACTION = "interaction"
 BACKGROUND = "background"
 TOOLS = "tools"
 SETUP = "setup"
+ROLLOUT = "rollout"
 SERVICE_USERS = (INTERACTION, BACKGROUND, TOOLS)
-USERS = (*SERVICE_USERS, SETUP)
+USERS = (*SERVICE_USERS, SETUP, ROLLOUT)
 
 ALL_STREAMS = (
     subjects.DELEGATIONS_STREAM,
@@ -175,6 +177,7 @@ def permission_table(manage_topology: bool = False) -> dict[str, UserPermissions
         Rule(f"$JS.ACK.{updates_consumers}.>", "ack/term a session's updates"),
         Rule(f"$JS.ACK.*.*.{updates_consumers}.>", "ack a session's updates (v2 ack subjects)"),
         Rule(f"{JS_API}.CONSUMER.DELETE.{updates_consumers}", "drop a session's consumer when it ends"),
+        Rule(subjects.REPLICA_STATS, "its service report for rollouts (interaction.stats)"),
     ]
     background = _durable(subjects.BACKGROUND_CONSUMER)
     background_pub = [
@@ -218,6 +221,8 @@ def permission_table(manage_topology: bool = False) -> dict[str, UserPermissions
         BACKGROUND: user(BACKGROUND, "background model: delegations in, tool calls and updates out", background_pub, background_sub),
         TOOLS: user(TOOLS, "tool execution: tool calls and timers in, results and timer updates out", tools_pub, []),
         SETUP: user(SETUP, "`microturn bus setup`: the streams and the services' durable consumers", setup_pub, []),
+        ROLLOUT: user(ROLLOUT, "the rollout controller: reads the replicas' service reports", [],
+                      [Rule(subjects.REPLICA_STATS, "per-version SLO analysis (interaction.stats)")]),
     }  # fmt: skip
 
 
@@ -227,6 +232,16 @@ def permissions_data(manage_topology: bool = False) -> dict[str, dict[str, list[
         name: {"publish": p.publish_allow, "subscribe": p.subscribe_allow}
         for name, p in permission_table(manage_topology).items()
     }
+
+
+def server_permissions(perms: UserPermissions) -> dict[str, dict[str, list[str]]]:
+    """The nats-server ``permissions`` of a user: ``{"publish": {"allow": [...]}, "subscribe": ...}``.
+    An empty allow list means *no restriction* to nats-server, so a direction with nothing allowed is
+    rendered ``{"deny": [">"]}`` instead."""
+    out = {}
+    for kind, allowed in (("publish", perms.publish_allow), ("subscribe", perms.subscribe_allow)):
+        out[kind] = {"allow": allowed} if allowed else {"deny": [">"]}
+    return out
 
 
 def config_string(value: str) -> str:
@@ -265,8 +280,11 @@ def render_authorization(
             f"{indent}      user: {config_string(name)}",
             f"{indent}      password: {rendered}",
             f"{indent}      permissions: {{",
-            f"{indent}        publish: {{ allow: {json.dumps(perms.publish_allow)} }}",
-            f"{indent}        subscribe: {{ allow: {json.dumps(perms.subscribe_allow)} }}",
+            *(
+                f"{indent}        {kind}: {{ {rule}: {json.dumps(subjects_)} }}"
+                for kind, block in server_permissions(perms).items()
+                for rule, subjects_ in block.items()
+            ),
             f"{indent}      }}",
             f"{indent}    }}",
         ]
@@ -285,6 +303,7 @@ def password_env_var(user: str) -> str:
 
 
 __all__ = [
+    "ROLLOUT",
     "SERVICE_USERS",
     "USERS",
     "EnvVar",
@@ -297,4 +316,5 @@ __all__ = [
     "permission_table",
     "permissions_data",
     "render_authorization",
+    "server_permissions",
 ]

@@ -27,6 +27,7 @@ UPDATES = f"{PREFIX}.update.*"
 TIMERS = f"{PREFIX}.timer.*"
 CANCELS = f"{PREFIX}.cancel.*.*"
 DEAD = f"{PREFIX}.dead.>"
+REPLICA_STATS = f"{PREFIX}.stats.interaction.*"  # core NATS: replicas' service reports for rollouts
 
 # Durable consumers (one per service: its instances share the work).
 BACKGROUND_CONSUMER = "background"
@@ -74,6 +75,10 @@ def cancel_subject(session_id: str, delegation_id: str | None = None) -> str:
     """``mt.cancel.<session>.<delegation>``; without a delegation id the whole session is cancelled."""
     token = check_id("delegation id", delegation_id) if delegation_id else WHOLE_SESSION
     return f"{PREFIX}.cancel.{check_id('session id', session_id)}.{token}"
+
+
+def replica_stats_subject(replica_id: str) -> str:
+    return f"{PREFIX}.stats.interaction.{check_id('replica id', replica_id)}"
 
 
 def dead_subject(kind: str) -> str:

@@ -255,6 +255,9 @@ class InteractionSettings(_Section):
         description="a replica asks the Serve controller this often whether it is being stopped, to start "
         "its drain while its streams are still open",
     )
+    stats_interval_s: float = Field(
+        2.0, gt=0, le=600, description="publish this replica's service report (for rollouts) this often"
+    )
     autoscaling: ServeAutoscalingSettings = ServeAutoscalingSettings()
     retry_after_ms: int = Field(1000, ge=0, le=60_000, description="suggested wait in over-capacity errors")
     context_utterances: int = Field(32, ge=1, le=1024, description="utterances kept for delegation context")

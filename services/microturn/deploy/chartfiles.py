@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from microturn.bus.permissions import USERS, password_env_var, permissions_data
+from microturn.bus.permissions import USERS, password_env_var, permission_table, server_permissions
 from microturn.config import schema
 from microturn.config.settings import Settings
 from microturn.interaction.serve_config import REPLICA_SECTIONS
@@ -62,12 +62,12 @@ NATS_VALUES_HEAD = """\
 
 def nats_values_text() -> str:
     """charts/nats-values.yaml, from microturn.bus.permissions."""
-    perm = permissions_data(manage_topology=False)
+    table = permission_table(manage_topology=False)
     users = [
         {
             "user": u,
             "password": f"<< ${password_env_var(u)} >>",
-            "permissions": {k: {"allow": perm[u][k]} for k in ("publish", "subscribe")},
+            "permissions": server_permissions(table[u]),
         }
         for u in USERS
     ]

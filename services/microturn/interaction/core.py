@@ -20,7 +20,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +29,7 @@ import torch
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from microturn.bus import subjects
 from microturn.config import Settings
 from microturn.engine import (
     ChunkInput,
@@ -45,6 +46,7 @@ from microturn.interaction.bridge import DelegationBridge, update_card, update_t
 from microturn.interaction.errors import Code, StreamError
 from microturn.interaction.model_loader import load_model, resolve_device
 from microturn.interaction.session import PendingUpdate, Session
+from microturn.interaction.stats import ReplicaStats
 from microturn.model import InteractionModel
 from microturn.protocol.chunks import validate_session_id
 from microturn.protocol.clock import ChunkClock, now_unix_ms, now_unix_us
@@ -61,6 +63,10 @@ class TickStats:
 
     ticks: int = 0
     misses: int = 0
+    outputs: int = 0
+    opened: int = 0  # new sessions (not replays)
+    rebuilt: int = 0  # sessions opened with a replay
+    errors: Counter[str] = field(default_factory=Counter)  # typed errors sent, by code
     batches: deque[int] = field(default_factory=lambda: deque(maxlen=1000))
     steps: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=1000))  # (end, ms)
 
@@ -163,6 +169,31 @@ class InteractionCore:
             description="share of the last seconds' micro-turns the engine step took (the autoscaling signal)",
         )
 
+    def report(self) -> ReplicaStats:
+        """This replica's service report for the rollout controller (interaction/stats.py)."""
+        steps = sorted(ms for _, ms in list(self.stats.steps))
+        p99 = steps[min(len(steps) - 1, int(0.99 * len(steps)))] if steps else 0.0
+        st = self.stats
+        return ReplicaStats(
+            replica=self.replica_id, version=self.engine.model_version, app=self.cfg.app_name,
+            at_unix_ms=now_unix_ms(), sessions=len(self.sessions), opened=st.opened, rebuilt=st.rebuilt,
+            outputs=st.outputs, misses=st.misses, errors=dict(st.errors), tick_p99_ms=round(p99, 2),
+        )  # fmt: skip
+
+    async def _report_forever(self) -> None:
+        """Publish the service report every ``stats_interval_s`` while the bus is up (a report that
+        cannot go out is skipped: the next one carries the same totals)."""
+        assert self.bridge is not None
+        subject = subjects.replica_stats_subject(self.replica_id)
+        while not self.draining:
+            await asyncio.sleep(self.cfg.stats_interval_s)
+            bus = self.bridge.bus
+            if bus is not None and not bus.nc.is_closed:
+                try:
+                    await bus.nc.publish(subject, self.report().to_json())
+                except Exception as exc:  # a reconnecting connection: the next report will do
+                    log.debug("stats report not sent: %r", exc)
+
     def tick_utilisation(self, window_s: float = 5.0) -> float:
         """Share of the last ``window_s`` the engine step took (1.0: ticks fill every micro-turn)."""
         since = time.monotonic() - window_s
@@ -177,6 +208,7 @@ class InteractionCore:
             self._tick_task = asyncio.create_task(self._tick_loop(), name="tick-loop")
             if self.bridge is not None:
                 self.bridge.start()
+                self._spawn(self._report_forever())
 
     def check_health(self) -> None:
         if self._tick_task is not None and self._tick_task.done():
@@ -403,6 +435,10 @@ class InteractionCore:
             session.rebuild_started = time.perf_counter()
             self._work.set()
         self.sessions[sid] = session
+        if replay:
+            self.stats.rebuilt += 1
+        elif op.first_chunk_index == 0:
+            self.stats.opened += 1
         if self.bridge is not None:
             self.bridge.follow(sid)
         log.info(
@@ -534,6 +570,7 @@ class InteractionCore:
         """Count and log (rate-limited) an error about to be sent to a client."""
         name = interaction_pb2.ErrorCode.Name(exc.code)
         self._m_errors.add(1, {"code": name})
+        self.stats.errors[name] += 1
         self._errlog.log(name, f"{name}: {exc.message}", **{"session.id": session_id})
         return exc
 
@@ -693,6 +730,7 @@ class InteractionCore:
             if received is not None:
                 msg.header.hops.add(hop="interaction-recv", sent_unix_us=received)
             msg.header.hops.add(hop="interaction", sent_unix_us=now_unix_us())
+            st.outputs += 1
             s.send(interaction_pb2.ServerMessage(chunk=msg))
             for u in updates:
                 if u.ack is not None:
