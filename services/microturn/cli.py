@@ -10,6 +10,7 @@ environment (``MICROTURN_<SECTION>__<FIELD>``) and/or a YAML file (``--config``,
   microturn tools           the tool service (consumers "tools" and "timers", gRPC Tools API)
   microturn bus setup       create the JetStream streams and durable consumers, then exit
   microturn config check    validate the settings and the MICROTURN_* environment, then exit
+  microturn rollout ...     roll a model version out to a local run (microturn rollout --help)
   microturn loadtest ...    load tests from real browsers and aiortc callers (microturn loadtest --help)
 
 Exit codes: 0 ok, 1 failure, 2 bad settings or usage.
@@ -109,6 +110,10 @@ def cmd_config_check(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollout(ns: argparse.Namespace) -> int:
+    return ns.rollout_fn(ns, _settings(ns))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="microturn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -150,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_setup.add_argument("--timeout", type=float, default=120.0, help="seconds to keep trying to reach NATS")
     p_setup.set_defaults(fn=cmd_bus_setup)
 
+    from microturn.rollout.cli import add_parser as add_rollout_parser
+
+    add_rollout_parser(sub).set_defaults(fn=cmd_rollout)
     sub.add_parser(
         "loadtest", help="load tests: run, merge, report, calibrate, k8s (see microturn loadtest --help)"
     )

@@ -282,3 +282,33 @@ def walk(events: list[tuple[str, object]]) -> None:
         if status.phase is Phase.ABORTING:
             assert status.weights == {status.stable: 100}
         hypothesis_event(f"reached {status.phase.value}")
+
+
+# -- documents ---------------------------------------------------------------------------------------
+def test_specs_and_statuses_round_trip_through_json():
+    import json
+
+    from microturn.rollout.store import spec_from_doc, spec_to_doc, status_from_doc, status_to_doc
+
+    s, st_ = shifting(spec(checkpoint="/models/v2.safetensors"))
+    assert spec_from_doc(json.loads(json.dumps(spec_to_doc(s)))) == s
+    assert status_from_doc(json.loads(json.dumps(status_to_doc(st_)))) == st_
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ([], "JSON object"),
+        ({"candidate": "v2", "steps": [{"weight": 100, "hold_s": 1}], "colour": "red"}, "unknown fields"),
+        ({"candidate": "v2", "steps": [{"weight": "all", "hold_s": 1}]}, "weight|rise"),
+        ({"candidate": "v2", "steps": [{"weight": 100, "hold": 1}]}, "bad field"),
+        ({"candidate": "v2", "steps": [{"weight": 100, "hold_s": 1}], "analysis": {"thresholds": {"vibes": {}}}},
+         "unknown metric"),
+        ({"candidate": "v2", "steps": [{"weight": 100, "hold_s": 1}], "replay_compatible": "yes"}, "true or false"),
+    ],
+)
+def test_a_bad_spec_document_names_the_field(doc, message):
+    from microturn.rollout.store import spec_from_doc
+
+    with pytest.raises(SpecError, match=message):
+        spec_from_doc(doc)

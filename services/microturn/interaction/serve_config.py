@@ -118,9 +118,16 @@ def wait_running(dashboard: str, app_name: str, timeout_s: float) -> None:
     )
 
 
+def app_names(settings: Settings) -> list[str]:
+    """The applications of a local run: one per version its rollouts deployed (rollout/local.py)."""
+    from microturn.rollout.local import read_deployed
+
+    return [d.app for d in read_deployed(settings).values()]
+
+
 def is_running(settings: Settings) -> bool:
     try:
-        return app_status(dashboard_url(settings), settings.interaction.app_name)[0] == "RUNNING"
+        return all(app_status(dashboard_url(settings), name)[0] == "RUNNING" for name in app_names(settings))
     except (httpx.HTTPError, KeyError, ValueError):
         return False
 
@@ -134,26 +141,31 @@ def run(
         print(yaml.safe_dump(config, sort_keys=False), end="")
     if not deploy:
         return 0
-    dash, name = dashboard_url(settings), settings.interaction.app_name
-    deploy_config(dash, config)
-    print(f"deployed application {name}; waiting for it to run", flush=True)
-    wait_running(dash, name, timeout_s)
+    from microturn.rollout.local import read_deployed, serve_config_for
+
+    # every version a local rollout deployed (one application each), not only the first
+    dash, names = dashboard_url(settings), app_names(settings)
+    deploy_config(dash, serve_config_for(settings, read_deployed(settings)))
+    print(f"deployed application(s) {', '.join(names)}; waiting for them to run", flush=True)
+    for name in names:
+        wait_running(dash, name, timeout_s)
     print(
-        json.dumps({"application": name, "status": "RUNNING", "grpc_port": settings.interaction.grpc_port}),
+        json.dumps({"applications": names, "status": "RUNNING", "grpc_port": settings.interaction.grpc_port}),
         flush=True,
     )
-    if watch:
+    if watch:  # what a rollout adds or removes shows up here too
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        last = "RUNNING"
+        last: dict[str, str] = dict.fromkeys(names, "RUNNING")
         while True:
             time.sleep(2.0)
-            try:
-                status, message = app_status(dash, name)
-            except httpx.HTTPError as exc:
-                status, message = "UNREACHABLE", str(exc)
-            if status != last:
-                print(f"application {name}: {status} {message}", flush=True)
-                last = status
+            for name in sorted(set(last) | set(app_names(settings))):
+                try:
+                    status, message = app_status(dash, name)
+                except httpx.HTTPError as exc:
+                    status, message = "UNREACHABLE", str(exc)
+                if status != last.get(name):
+                    print(f"application {name}: {status} {message}", flush=True)
+                    last[name] = status
     return 0
 
 

@@ -24,7 +24,7 @@ from typing import TextIO
 import psutil
 from pydantic import SecretStr
 
-from microturn.bus.permissions import INTERACTION, SETUP, generate_passwords
+from microturn.bus.permissions import INTERACTION, ROLLOUT, SETUP, generate_passwords
 from microturn.config import Settings
 from microturn.localrun.nats import NatsServer
 from microturn.localrun.ports import check_ports_free
@@ -141,13 +141,34 @@ def service_spec(settings: Settings, name: str, passwords: Mapping[str, str] | N
     )
 
 
+def rollout_spec(settings: Settings, passwords: Mapping[str, str] | None = None) -> ServiceSpec:
+    """The local rollout controller (microturn.rollout.local): ready once it wrote its status."""
+    from microturn.rollout.local import rollout_dir
+
+    status = rollout_dir(settings) / "status.json"
+    started = time.time()
+    return ServiceSpec(
+        name="rollout",
+        argv=[sys.executable, "-m", "microturn", "rollout", "controller"],
+        ready=lambda: status.is_file() and status.stat().st_mtime >= started,
+        endpoints={"status": "microturn rollout status"},
+        env=nats_env(ROLLOUT, passwords),
+        ready_timeout_s=60.0,
+    )
+
+
 def edge_spec(settings: Settings) -> ServiceSpec:
+    from microturn.rollout.local import routing_path
+
     url = f"http://{settings.edge.host}:{settings.edge.port}"
+    # New calls follow the local rollout's routing table (none yet: the default application).
+    routing = settings.edge.routing_file or routing_path(settings)
     return ServiceSpec(
         name="edge",
         argv=[sys.executable, "-m", "microturn", "edge"],
         ready=http_ok(f"{url}/healthz"),
         endpoints={"open": f"{url}/"},
+        env={"MICROTURN_EDGE__ROUTING_FILE": str(routing)},
         ready_timeout_s=60.0,
     )
 
@@ -166,6 +187,7 @@ def build_specs(settings: Settings) -> list[ServiceSpec]:
         # Serve replicas inherit the Ray head's environment: the interaction user's credentials.
         specs.append(dataclasses.replace(head, env={**head.env, **nats_env(INTERACTION, passwords)}))
         specs.append(interaction_spec(settings, passwords))
+        specs.append(rollout_spec(settings, passwords))
     specs.append(edge_spec(settings))
     return specs
 

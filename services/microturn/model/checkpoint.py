@@ -77,6 +77,23 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Int
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "microturn-tiny.safetensors"
 
 
+def checkpoint_version(path: str | Path) -> str:
+    """The version string a checkpoint declares, read from its metadata only (no tensors)."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            version = (f.metadata() or {}).get("version")
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {e}") from e
+    if not version:
+        raise CheckpointError(f"checkpoint {path} has no version string")
+    return version
+
+
+def shipped_checkpoints() -> dict[str, Path]:
+    """Version -> file of every checkpoint shipped in the distribution."""
+    return {checkpoint_version(p): p for p in sorted(SHIPPED_CHECKPOINT.parent.glob("*.safetensors"))}
+
+
 def load_or_init(
     checkpoint: str | Path | None = None, preset_name: str = "tiny", seed: int = 0
 ) -> InteractionModel:

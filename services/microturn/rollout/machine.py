@@ -74,6 +74,9 @@ class RolloutSpec:
     smoke_timeout_s: float = 120.0
     drain_deadline_s: float = 1800.0  # live sessions of the version that loses finish this long
     replay_compatible: bool = False  # past the deadline: migrate (True) or end (False) its sessions
+    checkpoint: str = (
+        ""  # where the candidate's weights come from ("": a checkpoint shipped with that version)
+    )
 
     def __post_init__(self) -> None:
         if not self.candidate:

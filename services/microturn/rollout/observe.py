@@ -1,0 +1,80 @@
+"""From the replicas' service reports (interaction/stats.py) to what the state machine observes per
+version: live sessions, sessions opened so far, and SLO metrics over the analysis window.
+
+Reports are totals since each replica started; metrics are differences over ``window_s`` between a
+replica's newest report and its oldest one still inside the window, summed per version. A replica
+whose totals went down restarted: its older reports are dropped. A replica that stopped reporting
+for ``stale_s`` no longer counts as live, but the sessions it opened still count (``opened`` only
+grows), so a step's session count does not fall back when a replica goes away.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from microturn.interaction.stats import ReplicaStats
+from microturn.rollout.analysis import SloMetrics
+from microturn.rollout.machine import VersionObservation
+
+SERVICE_ERRORS = ("ERROR_CODE_INTERNAL", "ERROR_CODE_DROPPED")  # the replica's fault, not the client's
+
+
+@dataclass
+class _Replica:
+    reports: deque[tuple[float, ReplicaStats]] = field(default_factory=deque)
+    opened_before: int = 0  # sessions opened by earlier lives of this replica id (before a restart)
+
+
+class StatsWindow:
+    def __init__(self, window_s: float = 30.0, stale_s: float = 10.0) -> None:
+        self.window_s, self.stale_s = window_s, stale_s
+        self._replicas: dict[str, _Replica] = {}
+
+    def add(self, stats: ReplicaStats, now: float) -> None:
+        r = self._replicas.setdefault(stats.replica, _Replica())
+        if r.reports and (stats.outputs < r.reports[-1][1].outputs or stats.opened < r.reports[-1][1].opened):
+            r.opened_before += r.reports[-1][1].opened  # a restart: start its window again
+            r.reports.clear()
+        r.reports.append((now, stats))
+        while len(r.reports) > 1 and r.reports[1][0] <= now - self.window_s:
+            r.reports.popleft()
+
+    def versions(self, now: float, ready: dict[str, bool]) -> dict[str, VersionObservation]:
+        """What each version looks like now; ``ready``: whether its deployment serves."""
+        per: dict[str, list[_Replica]] = {}
+        for r in self._replicas.values():
+            per.setdefault(r.reports[-1][1].version, []).append(r)
+        out = {}
+        for version in set(per) | set(ready):
+            replicas = per.get(version, [])
+            live = [r for r in replicas if now - r.reports[-1][0] <= self.stale_s]
+            out[version] = VersionObservation(
+                ready=ready.get(version, False),
+                sessions=sum(r.reports[-1][1].sessions for r in live),
+                opened=sum(r.opened_before + r.reports[-1][1].opened for r in replicas),
+                metrics=_metrics(live, self.window_s),
+            )
+        return out
+
+
+def _metrics(replicas: list[_Replica], window_s: float) -> SloMetrics | None:
+    outputs = misses = errors = rebuilt = 0
+    session_seconds, tick_p99 = 0.0, 0.0
+    for r in replicas:
+        (t0, first), (t1, last) = r.reports[0], r.reports[-1]
+        outputs += last.outputs - first.outputs
+        misses += last.misses - first.misses
+        errors += sum(last.errors.get(c, 0) - first.errors.get(c, 0) for c in SERVICE_ERRORS)
+        rebuilt += last.rebuilt - first.rebuilt
+        session_seconds += (first.sessions + last.sessions) / 2 * (t1 - t0)
+        tick_p99 = max(tick_p99, last.tick_p99_ms)
+    if outputs <= 0:
+        return None
+    hours = session_seconds / 3600
+    return SloMetrics(
+        deadline_miss_ratio=misses / outputs,
+        tick_p99_ms=tick_p99,
+        stream_error_ratio=errors / outputs,
+        recoveries_per_session_hour=rebuilt / hours if hours > 0 else None,
+    )
