@@ -114,3 +114,22 @@ def test_status_prints_a_table_and_json(settings, capsys):
     assert "phase     Idle" in out and "microturn-tiny-v2 100%" in out and "1.0%" in out
     assert cli_main(["rollout", "status", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["status"]["stable"] == "microturn-tiny-v2"
+
+
+def test_candidate_settings_reach_its_replicas_and_bad_ones_are_refused(settings, capsys):
+    write_status(settings)
+    assert cli_main(["rollout", "start", "--to", "microturn-tiny-v1", "--set", "fault_tick_delay_ms=300",
+                     "--set", "interaction.session_slots=16"]) == 0  # fmt: skip
+    spec = store.spec_from_doc(json.loads((rollout_dir(settings) / "spec.json").read_text()))
+    assert spec.candidate_settings == {"fault_tick_delay_ms": 300, "session_slots": 16}
+    deployed = {
+        "microturn-tiny-v1": Deployed(
+            "interaction-microturn-tiny-v1", spec.checkpoint, spec.candidate_settings
+        )
+    }
+    (app,) = serve_config_for(settings, deployed)["applications"]
+    assert app["args"]["settings"]["interaction"]["fault_tick_delay_ms"] == 300
+    for bad, message in (("session_slots=0", "session_slots"), ("no_such_setting=1", "no_such_setting"),
+                         ("fault_tick_delay_ms", "SETTING=VALUE")):  # fmt: skip
+        assert cli_main(["rollout", "start", "--to", "microturn-tiny-v1", "--set", bad]) == 2
+        assert message in capsys.readouterr().err

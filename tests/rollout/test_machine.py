@@ -302,9 +302,18 @@ def test_specs_and_statuses_round_trip_through_json():
         ({"candidate": "v2", "steps": [{"weight": 100, "hold_s": 1}], "colour": "red"}, "unknown fields"),
         ({"candidate": "v2", "steps": [{"weight": "all", "hold_s": 1}]}, "weight|rise"),
         ({"candidate": "v2", "steps": [{"weight": 100, "hold": 1}]}, "bad field"),
-        ({"candidate": "v2", "steps": [{"weight": 100, "hold_s": 1}], "analysis": {"thresholds": {"vibes": {}}}},
-         "unknown metric"),
-        ({"candidate": "v2", "steps": [{"weight": 100, "hold_s": 1}], "replay_compatible": "yes"}, "true or false"),
+        (
+            {
+                "candidate": "v2",
+                "steps": [{"weight": 100, "hold_s": 1}],
+                "analysis": {"thresholds": {"vibes": {}}},
+            },
+            "unknown metric",
+        ),
+        (
+            {"candidate": "v2", "steps": [{"weight": 100, "hold_s": 1}], "replay_compatible": "yes"},
+            "true or false",
+        ),
     ],
 )
 def test_a_bad_spec_document_names_the_field(doc, message):

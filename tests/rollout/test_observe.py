@@ -8,7 +8,9 @@ from microturn.interaction.stats import ReplicaStats
 from microturn.rollout.observe import StatsWindow
 
 
-def report(replica="r1", version="v1", sessions=2, opened=2, rebuilt=0, outputs=0, misses=0, errors=None, p99=20.0):
+def report(
+    replica="r1", version="v1", sessions=2, opened=2, rebuilt=0, outputs=0, misses=0, errors=None, p99=20.0
+):
     return ReplicaStats(replica, version, "interaction", 0, sessions, opened, rebuilt, outputs, misses,
                         errors or {}, p99)  # fmt: skip
 

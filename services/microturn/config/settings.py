@@ -258,6 +258,13 @@ class InteractionSettings(_Section):
     stats_interval_s: float = Field(
         2.0, gt=0, le=600, description="publish this replica's service report (for rollouts) this often"
     )
+    fault_tick_delay_ms: int = Field(
+        0,
+        ge=0,
+        le=5000,
+        description="fault injection: every engine step takes this much longer (rehearse a slow model: "
+        "deadline misses, an automatic rollback, autoscaling on tick time); 0 in production",
+    )
     autoscaling: ServeAutoscalingSettings = ServeAutoscalingSettings()
     retry_after_ms: int = Field(1000, ge=0, le=60_000, description="suggested wait in over-capacity errors")
     context_utterances: int = Field(32, ge=1, le=1024, description="utterances kept for delegation context")

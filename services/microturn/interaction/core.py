@@ -670,6 +670,13 @@ class InteractionCore:
             if s.pending and not s.rebuilding and self.clock.end(s.t0_ms, s.pending[0].chunk_index) <= now_ms
         ]
 
+    def _step(self, inputs: list[ChunkInput]) -> list:
+        """The engine step (in the step thread), slowed by ``fault_tick_delay_ms`` when set."""
+        results = self.engine.step_isolated(inputs)
+        if self.cfg.fault_tick_delay_ms:
+            time.sleep(self.cfg.fault_tick_delay_ms / 1000)
+        return results
+
     async def _tick(self, batch: list[tuple[Session, ChunkInput]]) -> None:
         fed: list[list[PendingUpdate]] = []
         for s, chunk in batch:
@@ -682,9 +689,7 @@ class InteractionCore:
         with self._tracer.start_as_current_span("tick", attributes={"batch.size": len(inputs)}):
             t = time.perf_counter_ns()
             async with self._lock:
-                results = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self.engine.step_isolated, inputs
-                )
+                results = await asyncio.get_running_loop().run_in_executor(self._executor, self._step, inputs)
             engine_us = (time.perf_counter_ns() - t) // 1000
         done_ms = now_unix_ms()
         st = self.stats

@@ -20,6 +20,8 @@ import re
 import sys
 import time
 
+import yaml
+
 from microturn.config import Settings
 from microturn.rollout import store
 from microturn.rollout.analysis import AnalysisSpec
@@ -70,6 +72,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s.add_argument(
         "--provision-timeout", type=duration, default=600.0, help="for the candidate to serve (10m)"
     )
+    s.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE", dest="candidate_settings",
+                   help="an interaction setting of the candidate's replicas, e.g. session_slots=16 or "
+                   "fault_tick_delay_ms=300 (rehearse a rollback); repeatable")  # fmt: skip
     s.add_argument("--replay-compatible", action="store_true",
                    help="past the deadline, migrate calls to the other version instead of ending them")  # fmt: skip
     s.set_defaults(rollout_fn=cmd_start)
@@ -85,11 +90,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def spec_from_args(ns: argparse.Namespace) -> RolloutSpec:
-    from microturn.rollout.local import resolve_checkpoint
+def spec_from_args(ns: argparse.Namespace, settings: Settings) -> RolloutSpec:
+    from microturn.rollout.local import Deployed, app_for, resolve_checkpoint, version_settings
 
     checkpoint = resolve_checkpoint(ns.to, ns.checkpoint)
-    return RolloutSpec(
+    overrides = {}
+    for item in ns.candidate_settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--set {item!r}: use SETTING=VALUE (an interaction setting)")
+        overrides[key.removeprefix("interaction.")] = yaml.safe_load(value)
+    spec = RolloutSpec(
         candidate=ns.to,
         steps=tuple(Step(w, ns.hold, ns.min_sessions) for w in ns.steps),
         analysis=AnalysisSpec(min_sessions=max(1, ns.min_sessions)),
@@ -99,7 +110,10 @@ def spec_from_args(ns: argparse.Namespace) -> RolloutSpec:
         drain_deadline_s=ns.drain_deadline,
         replay_compatible=ns.replay_compatible,
         checkpoint=checkpoint,
+        candidate_settings=overrides,
     )
+    version_settings(settings, Deployed(app_for(settings, ns.to), checkpoint, overrides))  # validates them
+    return spec
 
 
 def _status(settings: Settings) -> dict | None:
@@ -127,7 +141,7 @@ def cmd_start(ns: argparse.Namespace, settings: Settings) -> int:
     from microturn.rollout.local import _write, rollout_dir
 
     try:
-        spec = spec_from_args(ns)
+        spec = spec_from_args(ns, settings)
     except SpecError as exc:
         print(f"microturn rollout start: {exc}", file=sys.stderr)
         return 2

@@ -22,15 +22,16 @@ import logging
 import re
 import secrets
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 import httpx
+from pydantic import ValidationError
 
 from microturn.bus import Bus, subjects
-from microturn.config import Settings
+from microturn.config import InteractionSettings, Settings
 from microturn.interaction import serve_config
 from microturn.interaction.client import InteractionSession, SessionRejected
 from microturn.interaction.stats import ReplicaStats, StatsError
@@ -68,6 +69,17 @@ SMOKE_CHUNKS = 10
 class Deployed:
     app: str
     checkpoint: str | None  # None: the shipped default
+    settings: dict[str, Any] = field(default_factory=dict)  # interaction settings of its replicas
+
+
+def version_settings(settings: Settings, d: Deployed) -> Settings:
+    """The settings of one version's replicas (validated: a bad override is a SpecError)."""
+    doc = {**settings.interaction.model_dump(), **d.settings, "app_name": d.app, "checkpoint": d.checkpoint}
+    try:
+        cfg = InteractionSettings.model_validate(doc)
+    except ValidationError as exc:
+        raise SpecError(f"candidate_settings: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
+    return settings.model_copy(update={"interaction": cfg})
 
 
 def rollout_dir(settings: Settings) -> Path:
@@ -110,7 +122,10 @@ def read_deployed(settings: Settings) -> dict[str, Deployed]:
                 settings.interaction.app_name, settings.interaction.checkpoint
             )
         }
-    return {v: Deployed(d["app"], d.get("checkpoint")) for v, d in json.loads(path.read_text()).items()}
+    return {
+        v: Deployed(d["app"], d.get("checkpoint"), d.get("settings", {}))
+        for v, d in json.loads(path.read_text()).items()
+    }
 
 
 def write_deployed(settings: Settings, deployed: dict[str, Deployed]) -> None:
@@ -121,8 +136,7 @@ def serve_config_for(settings: Settings, deployed: dict[str, Deployed]) -> dict[
     """One Serve config with an application per deployed version (each its own replicas)."""
     doc: dict[str, Any] | None = None
     for d in deployed.values():
-        cfg = settings.interaction.model_copy(update={"app_name": d.app, "checkpoint": d.checkpoint})
-        rendered = serve_config.render(settings.model_copy(update={"interaction": cfg}))
+        rendered = serve_config.render(version_settings(settings, d))
         if doc is None:
             doc = rendered
         else:
@@ -242,7 +256,9 @@ class LocalController:
                 spec = self.status.spec
                 assert spec is not None
                 ckpt = resolve_checkpoint(a.version, spec.checkpoint)
-                self.deployed[a.version] = Deployed(app_for(self.settings, a.version), ckpt)
+                self.deployed[a.version] = Deployed(
+                    app_for(self.settings, a.version), ckpt, spec.candidate_settings
+                )
                 self._deploy()
             elif isinstance(a, DeleteDeployment):
                 self.deployed.pop(a.version, None)

@@ -21,6 +21,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
+from typing import Any
 
 from microturn.rollout.analysis import AnalysisSpec, SloMetrics, Verdict, analyse
 
@@ -74,9 +75,10 @@ class RolloutSpec:
     smoke_timeout_s: float = 120.0
     drain_deadline_s: float = 1800.0  # live sessions of the version that loses finish this long
     replay_compatible: bool = False  # past the deadline: migrate (True) or end (False) its sessions
-    checkpoint: str = (
-        ""  # where the candidate's weights come from ("": a checkpoint shipped with that version)
-    )
+    # where the candidate's weights come from ("": the checkpoint shipped with that version)
+    checkpoint: str = ""
+    # interaction settings of the candidate's replicas (e.g. session_slots)
+    candidate_settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.candidate:

@@ -63,6 +63,8 @@ def _check_types(spec: RolloutSpec) -> None:
             raise SpecError(f"{name} must be a number of seconds")
     if not isinstance(spec.replay_compatible, bool):
         raise SpecError("replay_compatible must be true or false")
+    if not isinstance(spec.candidate_settings, dict):
+        raise SpecError("candidate_settings must be an object of interaction settings")
 
 
 def status_to_doc(status: RolloutStatus) -> dict[str, Any]:

@@ -1,0 +1,105 @@
+"""Session-aware rollouts on a real local run (microturn up: Ray Serve, NATS, the edge): live calls
+keep going through a whole rollout, new calls move to the candidate by the step weights, old calls
+finish on the version they started on (the version in every output chunk proves it), and a bad
+candidate is rolled back automatically, with no call dropped."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+
+import pytest
+
+from loadtest.rollout import Traffic, follow, rollout_cli, shares
+
+from ..edge.conftest import wait_until
+from ..edge.webrtc_client import EdgeClient
+from .conftest import LocalRun
+
+pytestmark = pytest.mark.slow
+V1, V2 = "microturn-tiny-v1", "microturn-tiny-v2"  # shipped; the run starts on v2
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    r = LocalRun(tmp_path_factory.mktemp("rollout") / "state",
+                 MICROTURN_INTERACTION__NUM_CPUS="0.5", MICROTURN_INTERACTION__TICK_GRACE_MS="20")  # fmt: skip
+    try:
+        yield r.wait_ready()
+    finally:
+        r.stop()
+
+
+def traffic(run: LocalRun) -> Traffic:
+    target = f"127.0.0.1:{run.port('MICROTURN_INTERACTION__GRPC_PORT')}"
+    return Traffic(target, run.state / "rollout" / "routing.json", rate=1.0, length_s=8.0)
+
+
+def within_binomial(on: int, n: int, p: float) -> bool:
+    return n == 0 or abs(on - n * p) <= 4 * math.sqrt(n * p * (1 - p)) + 1
+
+
+async def phase_of(run: LocalRun) -> str:
+    res = await asyncio.to_thread(rollout_cli, run.env, run.state, "status", "--json")
+    return json.loads(res.stdout)["status"]["phase"] if res.returncode == 0 else ""
+
+
+async def test_a_rollout_moves_new_calls_and_lets_live_ones_finish_then_a_bad_one_rolls_back(run):
+    edge = f"http://127.0.0.1:{run.port('MICROTURN_EDGE__PORT')}"
+    # -- v2 -> v1 under live calls, with a WebRTC call that started before it ----------------------
+    webrtc = EdgeClient(edge, video=False)
+    await webrtc.connect()
+    await wait_until(lambda: len(webrtc.chunk_arrivals()) >= 5, 120, "the WebRTC call's first outputs")
+    calls = traffic(run)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(calls.run(stop))
+    await asyncio.sleep(4)
+    res = await asyncio.to_thread(rollout_cli, run.env, run.state, "start", "--to", V1, "--steps", "50,100",
+                                  "--hold", "6s", "--min-sessions", "2", "--interval", "3s",
+                                  "--drain-deadline", "300s")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    for _ in range(240):  # until v1 takes every new call; the WebRTC call is still on v2
+        if await phase_of(run) in ("Promoted", "Draining"):
+            break
+        await asyncio.sleep(0.5)
+    assert await phase_of(run) == "Draining"  # v2 cannot retire: the WebRTC call is still on it
+    chunks = [e for e in webrtc.events if e.get("type") == "chunk"]
+    assert {e["model_version"] for e in chunks} == {V2}, "the call changed version"
+    indices = [k for k, _ in webrtc.chunk_arrivals()]
+    assert indices == list(range(len(indices))) and not [e for e in webrtc.events if e.get("type") == "error"]
+    await webrtc.close()  # its last call gone, v2 retires
+    doc = await follow(run.env, run.state, 180, print)
+    stop.set()
+    await runner
+    assert doc["status"]["phase"] == "Succeeded" and doc["status"]["stable"] == V1
+    assert not calls.check(), calls.check()
+    per_epoch = shares(calls, V1)
+    assert per_epoch.get(None, (0, 0))[0] == 0  # before the rollout: all on v2
+    assert within_binomial(*per_epoch[1], 0.5), per_epoch  # the 50 % step
+    assert all(on == n for e, (on, n) in per_epoch.items() if e is not None and e >= 2), per_epoch
+    assert sum(n for e, (_, n) in per_epoch.items() if e is not None) >= 10
+
+    # -- a bad candidate (every tick 300 ms late) is rolled back by its own metrics ----------------
+    calls = traffic(run)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(calls.run(stop))
+    await asyncio.sleep(3)
+    res = await asyncio.to_thread(rollout_cli, run.env, run.state, "start", "--to", V2, "--set",
+                                  "fault_tick_delay_ms=300", "--steps", "50,100", "--hold", "60s",
+                                  "--min-sessions", "1", "--interval", "3s", "--failure-limit", "2",
+                                  "--drain-deadline", "300s")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    doc = await follow(run.env, run.state, 240, print)
+    stop.set()
+    await runner
+    st = doc["status"]
+    assert st["phase"] == "Aborted" and st["stable"] == V1 and st["weights"] == {V1: 100}
+    events = [json.loads(line) for line in (run.state / "rollout" / "events.jsonl").read_text().splitlines()]
+    failed = [e for e in events if e["reason"] == "AnalysisFailed"]
+    assert len(failed) >= 2 and all("deadline_miss_ratio" in e["message"] for e in failed), failed
+    assert [e["reason"] for e in events][-2:] == ["RolloutAborting", "RolloutAborted"] or any(
+        e["reason"] == "RolloutAborting" and "analysis failed" in e["message"] for e in events
+    ), events[-5:]
+    assert not calls.check(), calls.check()  # the candidate's calls finished: none was dropped
+    assert any(c.version == V2 for c in calls.calls), "no call reached the candidate before the rollback"
