@@ -201,8 +201,10 @@ def cmd_status(ns: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_controller(ns: argparse.Namespace, settings: Settings) -> int:
     from microturn.rollout.local import LocalController
-    from microturn.telemetry import configure_logging
+    from microturn.telemetry import configure_logging, setup_telemetry
 
     configure_logging("rollout", settings.telemetry.log_format, settings.telemetry.log_level)
+    # events and weights go out by OTLP when telemetry.otlp_endpoint is set (no local HTTP port)
+    setup_telemetry("rollout", settings.telemetry.model_copy(update={"metrics_port": 0}))
     asyncio.run(LocalController(settings).run())
     return 0

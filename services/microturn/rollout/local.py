@@ -28,6 +28,8 @@ from typing import Any
 
 import grpc
 import httpx
+from opentelemetry import metrics
+from opentelemetry.metrics import Observation
 from pydantic import ValidationError
 
 from microturn.bus import Bus, subjects
@@ -187,6 +189,15 @@ class LocalController:
         self._smoke: asyncio.Task[bool] | None = None
         self._bad_reports = RateLimitedLog(log)
         self.bus: Bus | None = None
+        meter = metrics.get_meter_provider().get_meter("microturn.rollout")
+        self._m_events = meter.create_counter(
+            "microturn_rollout_events", description="rollout events, by reason"
+        )
+        meter.create_observable_gauge(
+            "microturn_rollout_weight",
+            [lambda _: [Observation(w, {"version": v}) for v, w in self.status.weights.items()]],
+            description="percent of new calls routed to each version",
+        )
 
     def _load_status(self) -> RolloutStatus:
         path = self.dir / "status.json"
@@ -274,6 +285,7 @@ class LocalController:
                 event = {"at_unix_ms": now_unix_ms(), "reason": a.reason, "message": a.message,
                          "type": "Warning" if a.warning else "Normal"}  # fmt: skip
                 (log.warning if a.warning else log.info)("%s: %s", a.reason, a.message)
+                self._m_events.add(1, {"reason": a.reason, "type": event["type"]})
                 self.dir.mkdir(parents=True, exist_ok=True)
                 with (self.dir / "events.jsonl").open("a") as f:
                     f.write(json.dumps(event) + "\n")
