@@ -73,6 +73,19 @@ def test_a_bad_table_is_reported_once_counted_and_the_last_good_one_kept(tmp_pat
     assert w.epoch == 4
 
 
+async def test_a_version_in_another_cluster_gets_its_own_channel(tmp_path):
+    path = tmp_path / "routing.json"
+    RoutingTable(2, {"v1": 0, "v2": 100}, targets={"v2": "127.0.0.1:9"}).write(path)
+    edge = EdgeServer(load_settings(overrides={"edge": {"routing_file": str(path)}}))
+    await edge.start()
+    try:
+        session, _, _ = edge.create()
+        assert session.route.target == "127.0.0.1:9" and session.channel is not edge.channel
+        assert edge.create()[0].channel is session.channel  # one channel per target
+    finally:
+        await edge.stop()
+
+
 def test_the_edge_server_reads_the_file_named_by_its_settings(tmp_path):
     path = tmp_path / "routing.json"
     RoutingTable(3, {"v1": 100}).write(path)

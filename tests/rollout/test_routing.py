@@ -36,12 +36,15 @@ def test_zero_weight_gets_nothing_and_full_weight_gets_everything():
 
 
 def test_the_json_form_round_trips_and_writes_atomically(tmp_path):
-    table = RoutingTable(7, {"v2": 10, "v1": 90}, apps={"v2": "interaction-v2"})
+    table = RoutingTable(
+        7, {"v2": 10, "v1": 90}, apps={"v2": "interaction-v2"}, targets={"v2": "v2-grpc:9000"}
+    )
     path = tmp_path / "routing.json"
     table.write(path)
     assert RoutingTable.from_json(path.read_text()) == table
     assert not list(tmp_path.glob(".*.tmp"))
-    assert {table.route(f"s{i}", "interaction").app for i in range(200)} == {"interaction", "interaction-v2"}
+    routes = {table.route(f"s{i}", "interaction") for i in range(200)}
+    assert {(r.app, r.target) for r in routes} == {("interaction", ""), ("interaction-v2", "v2-grpc:9000")}
 
 
 @pytest.mark.parametrize(
@@ -58,7 +61,9 @@ def test_the_json_form_round_trips_and_writes_atomically(tmp_path):
         ('{"epoch": true, "weights": {"v1": 100}}', "epoch must be an integer"),
         ('{"epoch": 1, "weights": {"v1": 100}, "apps": {"v9": "x"}}', "without a weight"),
         ('{"epoch": 1, "weights": {"v1": 100}, "apps": {"v1": ""}}', "non-empty string"),
-        ('{"epoch": 1, "weights": {"v1": 100}, "apps": ["v1"]}', "apps must be an object"),
+        ('{"epoch": 1, "weights": {"v1": 100}, "apps": ["v1"]}', "must be objects"),
+        ('{"epoch": 1, "weights": {"v1": 100}, "targets": {"v1": "nowhere"}}', "host:port"),
+        ('{"epoch": 1, "weights": {"v1": 100}, "targets": {"v2": "h:1"}}', "without a weight"),
     ],
 )
 def test_a_bad_table_says_why(text, message):

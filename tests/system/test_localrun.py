@@ -63,7 +63,15 @@ def test_up_reports_ready_and_down_leaves_nothing(tmp_path):
         grpc_port = env["MICROTURN_INTERACTION__GRPC_PORT"]
         assert f"127.0.0.1:{grpc_port}" in banner
         run = read_run_file(state)
-        assert run and set(run["children"]) == {"nats", "tools", "background", "ray", "interaction", "rollout", "edge"}
+        assert run and set(run["children"]) == {
+            "nats",
+            "tools",
+            "background",
+            "ray",
+            "interaction",
+            "rollout",
+            "edge",
+        }
         edge_url = f"http://127.0.0.1:{env['MICROTURN_EDGE__PORT']}/"
         assert f"open       {edge_url}" in banner
         with urllib.request.urlopen(edge_url, timeout=5) as r:

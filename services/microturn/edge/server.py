@@ -34,7 +34,8 @@ class EdgeServer:
         self.cfg = settings.edge
         self.tokens = SessionTokens(self.cfg.token_secret, self.cfg.token_ttl_s)
         self.sessions: dict[str, EdgeSession] = {}
-        self.channel: grpc.aio.Channel | None = None
+        self.channel: grpc.aio.Channel | None = None  # to interaction_target
+        self._channels: dict[str, grpc.aio.Channel] = {}  # to other versions' endpoints (routing targets)
         self._reaper: asyncio.Task[None] | None = None
         self.deletion_cost: DeletionCost | None = None
         if self.cfg.ice_host_addresses:
@@ -75,19 +76,32 @@ class EdgeServer:
         self.sessions.clear()
         if self.channel is not None:
             await self.channel.close()
+        for ch in self._channels.values():
+            await ch.close()
+        self._channels.clear()
 
     def create(self) -> tuple[EdgeSession, str, int]:
         if len(self.sessions) >= self.cfg.max_sessions:
             raise EdgeFull(f"this edge holds its limit of {self.cfg.max_sessions} sessions")
         assert self.channel is not None, "start() first"
         session_id = "s" + secrets.token_urlsafe(12).replace("-", "x").replace("_", "y")
+        route = self.routing.route(session_id)
         session = EdgeSession(
-            session_id, self.settings, self.channel, client_errors=self.client_errors,
-            route=self.routing.route(session_id),
+            session_id, self.settings, self._channel_for(route.target), client_errors=self.client_errors,
+            route=route,
         )  # fmt: skip
         self.sessions[session_id] = session
         token, expires = self.tokens.issue(session_id)
         return session, token, expires
+
+    def _channel_for(self, target: str) -> grpc.aio.Channel:
+        """The gRPC channel to a version's endpoint (one per target, kept for the edge's life)."""
+        assert self.channel is not None
+        if not target or target == self.interaction_target:
+            return self.channel
+        if target not in self._channels:
+            self._channels[target] = grpc.aio.insecure_channel(target)
+        return self._channels[target]
 
     async def close(self, session_id: str, reason: str) -> None:
         session = self.sessions.pop(session_id, None)

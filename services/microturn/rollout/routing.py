@@ -28,6 +28,7 @@ class Route:
 
     version: str
     app: str
+    target: str = ""  # host:port of the Interaction gRPC endpoint serving it ("": the edge's default)
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class RoutingTable:
     epoch: int
     weights: dict[str, int] = field(default_factory=dict)  # version -> percent of new sessions
     apps: dict[str, str] = field(default_factory=dict)  # version -> Serve application (default: the edge's)
+    # version -> host:port of its gRPC endpoint, where versions run in separate clusters (Kubernetes:
+    # one RayService each); default: the edge's interaction_target
+    targets: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.epoch < 0:
@@ -48,15 +52,18 @@ class RoutingTable:
             raise RoutingError(
                 f"weights must add up to {TOTAL}, got {sum(self.weights.values())}: {self.weights}"
             )
-        if unknown := set(self.apps) - set(self.weights):
-            raise RoutingError(f"apps names versions without a weight: {sorted(unknown)}")
-        if any(not isinstance(a, str) or not a for a in self.apps.values()):
-            raise RoutingError("apps: every application name must be a non-empty string")
+        for name, mapping in (("apps", self.apps), ("targets", self.targets)):
+            if unknown := set(mapping) - set(self.weights):
+                raise RoutingError(f"{name} names versions without a weight: {sorted(unknown)}")
+            if any(not isinstance(a, str) or not a for a in mapping.values()):
+                raise RoutingError(f"{name}: every value must be a non-empty string")
+        if any(":" not in t or not t.rsplit(":", 1)[1].isdigit() for t in self.targets.values()):
+            raise RoutingError(f"targets: each is host:port, got {sorted(self.targets.values())}")
 
     def route(self, session_id: str, default_app: str) -> Route:
         """Version and application of a new session with this id."""
         version = self.pick(session_id)
-        return Route(version, self.apps.get(version, default_app))
+        return Route(version, self.apps.get(version, default_app), self.targets.get(version, ""))
 
     def pick(self, session_id: str) -> str:
         """The version a new session with this id runs on."""
@@ -72,6 +79,8 @@ class RoutingTable:
         doc = {"epoch": self.epoch, "weights": dict(sorted(self.weights.items()))}
         if self.apps:
             doc["apps"] = dict(sorted(self.apps.items()))
+        if self.targets:
+            doc["targets"] = dict(sorted(self.targets.items()))
         return json.dumps(doc)
 
     @classmethod
@@ -85,10 +94,10 @@ class RoutingTable:
         epoch = doc.get("epoch", 0)
         if not isinstance(epoch, int) or isinstance(epoch, bool):
             raise RoutingError(f"epoch must be an integer, got {epoch!r}")
-        apps = doc.get("apps", {})
-        if not isinstance(apps, dict):
-            raise RoutingError("apps must be an object {version: application}")
-        return cls(epoch, dict(doc["weights"]), dict(apps))
+        apps, targets = doc.get("apps", {}), doc.get("targets", {})
+        if not isinstance(apps, dict) or not isinstance(targets, dict):
+            raise RoutingError("apps and targets must be objects {version: application | host:port}")
+        return cls(epoch, dict(doc["weights"]), dict(apps), dict(targets))
 
     def write(self, path: Path) -> None:
         """Replace ``path`` atomically (readers see the old table or the new one, never half)."""
