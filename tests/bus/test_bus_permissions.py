@@ -541,6 +541,7 @@ def test_local_run_gives_each_child_its_own_user(tmp_path, monkeypatch):
         "background": "background",
         "ray": "interaction",  # Serve replicas inherit the Ray head's environment
         "interaction": None,  # the deployer does not connect; the Serve config carries no secret
+        "rollout": "rollout",  # the rollout controller reads the replicas' reports
         "edge": None,  # the edge does not use NATS
     }
     secrets_ = {specs[n].env["MICROTURN_NATS__PASSWORD"] for n in ("tools", "background", "ray")}

@@ -531,6 +531,30 @@ class BackgroundSettings(_Section):
     openai_max_tokens: int = Field(512, ge=1, le=131_072)
 
 
+class RolloutSettings(_Section):
+    """The rollout operator on Kubernetes (``microturn rollout operator``; see docs/ROLLOUT.md)."""
+
+    namespace: str | None = Field(
+        None, description="namespace of its InteractionRollouts and RayServices; unset: the pod's own"
+    )
+    rayservice: str = Field(
+        "microturn-interaction",
+        description="the chart's RayService: the first stable version, copied for candidates",
+    )
+    routing_configmap: str = Field(
+        "microturn-routing",
+        description="the ConfigMap (key routing.json) the edges read the routing table from",
+    )
+    grpc_port: Port = Field(9000, description="gRPC port of each version's Serve proxy")
+    interval_s: float = Field(2.0, gt=0, le=60, description="reconcile every InteractionRollout this often")
+    peering: str = Field(
+        "microturn-rollout",
+        description="kopf peering name: of several operator replicas only the one with the highest priority acts",
+    )
+
+    _check_ports = field_validator("grpc_port")(_port)
+
+
 class ToolsSettings(_Section):
     """The tool-execution service (python -m microturn.tools): NATS work queue plus the gRPC Tools API."""
 
@@ -587,6 +611,7 @@ class Settings(BaseSettings):
     bus: BusSettings = BusSettings()
     background: BackgroundSettings = BackgroundSettings()
     tools: ToolsSettings = ToolsSettings()
+    rollout: RolloutSettings = RolloutSettings()
 
     @classmethod
     def settings_customise_sources(

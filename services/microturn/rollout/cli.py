@@ -4,6 +4,7 @@
   microturn rollout status [--json]
   microturn rollout pause | resume | abort
   microturn rollout controller        (run by `microturn up`: carries the rollout out)
+  microturn rollout operator          (on Kubernetes: reconciles InteractionRollout resources)
 
 New calls move to the candidate by the step weights; calls already running finish on the version
 they started on. After each step's hold the candidate's SLO metrics are compared with the stable
@@ -87,6 +88,17 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     rsub.add_parser("controller", help="carry rollouts out (microturn up runs it)").set_defaults(
         rollout_fn=cmd_controller
     )
+    op = rsub.add_parser(
+        "operator",
+        help="the Kubernetes operator: reconcile InteractionRollouts (the chart runs it)",
+        description="Runs in a pod with in-cluster credentials: one RayService per version, the routing "
+        "ConfigMap the edges read, status and Events on each InteractionRollout. Several replicas "
+        "elect one active operator through kopf peering (rollout.peering).",
+    )
+    op.add_argument(
+        "--liveness", metavar="URL", help="serve kopf's liveness probe here, e.g. http://0.0.0.0:8080/healthz"
+    )
+    op.set_defaults(rollout_fn=cmd_operator)
     return p
 
 
@@ -196,6 +208,16 @@ def cmd_status(ns: argparse.Namespace, settings: Settings) -> int:
         err = f"{m['stream_error_ratio']:.1%}" if m.get("stream_error_ratio") is not None else "-"
         print(f"{v:<24} {info['app']:<32} {'yes' if info.get('ready') else 'no':>5} {info.get('sessions', 0):>8} "
               f"{info.get('opened', 0):>7} {miss:>7} {err:>7}")  # fmt: skip
+    return 0
+
+
+def cmd_operator(ns: argparse.Namespace, settings: Settings) -> int:
+    from microturn.rollout.operator import run
+    from microturn.telemetry import configure_logging, setup_telemetry
+
+    configure_logging("rollout", settings.telemetry.log_format, settings.telemetry.log_level)
+    setup_telemetry("rollout", settings.telemetry.model_copy(update={"metrics_port": 0}))
+    run(settings, liveness=ns.liveness)
     return 0
 
 

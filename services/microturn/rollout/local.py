@@ -33,7 +33,7 @@ from opentelemetry.metrics import Observation
 from pydantic import ValidationError
 
 from microturn.bus import Bus, subjects
-from microturn.config import InteractionSettings, Settings
+from microturn.config import InteractionSettings, LimitsSettings, Settings
 from microturn.interaction import serve_config
 from microturn.interaction.client import InteractionSession, SessionRejected
 from microturn.interaction.stats import ReplicaStats, StatsError
@@ -154,13 +154,15 @@ def _write(path: Path, doc: Any) -> None:
     tmp.replace(path)
 
 
-async def smoke_call(settings: Settings, app: str, version: str, timeout_s: float = 30.0) -> bool:
-    """A short real session on the candidate: every output must come from ``version``."""
-    target = f"127.0.0.1:{settings.interaction.grpc_port}"
-    clock = ChunkClock(settings.limits.chunk_ms)
+async def smoke_call(
+    target: str, app: str, version: str, limits: LimitsSettings, timeout_s: float = 30.0
+) -> bool:
+    """A short real session on the candidate at ``target`` (host:port): every output must come
+    from ``version``."""
+    clock = ChunkClock(limits.chunk_ms)
     t0 = clock.floor(now_unix_ms())
     sid = f"smoke-{secrets.token_hex(6)}"
-    silence = bytes(2 * settings.limits.sample_rate_hz * settings.limits.chunk_ms // 1000)
+    silence = bytes(2 * limits.sample_rate_hz * limits.chunk_ms // 1000)
     try:
         async with grpc.aio.insecure_channel(target) as channel, asyncio.timeout(timeout_s):
             sess = InteractionSession(channel, app, sid, t0_ms=t0, model_version=version, hop="rollout-smoke")
@@ -257,7 +259,10 @@ class LocalController:
             self._smoke = None
             return None
         if self._smoke is None:
-            self._smoke = asyncio.create_task(smoke_call(self.settings, self.deployed[cand].app, cand))
+            target = f"127.0.0.1:{self.settings.interaction.grpc_port}"
+            self._smoke = asyncio.create_task(
+                smoke_call(target, self.deployed[cand].app, cand, self.settings.limits)
+            )
         return self._smoke.result() if self._smoke.done() else None
 
     # -- acting ---------------------------------------------------------------------------------
