@@ -27,6 +27,7 @@ from microturn.interaction import autoscaling, serve_config
 from .chart_helpers import CHART, NAMESPACE, RELEASE, helm, objects, one, render, template_args
 from .test_chart_render import (
     chart_values,
+    component,
     container_named,
     effective_overrides,
     env_of,
@@ -95,7 +96,7 @@ def test_autoscaling_objects_render_and_validate(ci):
         if m["spec"]["scaleTargetRef"]["name"] == EDGE
     ]
     assert [m["kind"] for m in edge_scalers] == ([kind] if kind else [])
-    rbac = [*objects(manifests, "Role"), *objects(manifests, "RoleBinding")]
+    rbac = [*edge_rbac(manifests, "Role"), *edge_rbac(manifests, "RoleBinding")]
     assert len(rbac) == (2 if v["edge"]["podDeletionCost"]["enabled"] else 0)
     checked = [*edge_scalers, *rbac, one(manifests, "RayService", "interaction")]
     checked.append(one(manifests, "Deployment", "edge"))
@@ -312,9 +313,14 @@ def test_pod_deletion_cost_wiring():
         "fieldRef": {"fieldPath": "metadata.namespace"}
     }
     assert pod["automountServiceAccountToken"] is True
-    # Only the pods that call the API server mount a token: the edge and the Ray head (its autoscaler).
+    # Only the pods that call the API server mount a token: the edge, the Ray head (its autoscaler)
+    # and the rollout operator (test_chart_rollout.py).
     mounting = {where for where, _, spec in pod_templates(manifests) if spec["automountServiceAccountToken"]}
-    assert mounting == {f"Deployment/{EDGE}", f"RayService/{RELEASE}-microturn-interaction/head"}
+    assert mounting == {
+        f"Deployment/{EDGE}",
+        f"RayService/{RELEASE}-microturn-interaction/head",
+        f"Deployment/{RELEASE}-microturn-rollout",
+    }
     for sa in objects(manifests, "ServiceAccount"):
         assert sa["automountServiceAccountToken"] is False, name_of(sa)
 
@@ -322,18 +328,22 @@ def test_pod_deletion_cost_wiring():
     env = env_of(container_named(off, "/edge"))
     assert "MICROTURN_EDGE__POD_NAME" not in env and "MICROTURN_EDGE__POD_NAMESPACE" not in env
     assert one(off, "Deployment", "edge")["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
-    assert not objects(off, "Role") and not objects(off, "RoleBinding")
+    assert not edge_rbac(off, "Role") and not edge_rbac(off, "RoleBinding")
+
+
+def edge_rbac(manifests: list[dict], kind: str) -> list[dict]:
+    return [m for m in objects(manifests, kind) if component(m) == "edge"]
 
 
 def test_edge_role_is_get_and_patch_on_pods_only():
     manifests = rendered()
     assert not objects(manifests, "ClusterRole") and not objects(manifests, "ClusterRoleBinding")
-    (role,) = objects(manifests, "Role")
+    (role,) = edge_rbac(manifests, "Role")
     assert role["metadata"]["namespace"] == NAMESPACE
     assert [{k: sorted(v) for k, v in rule.items()} for rule in role["rules"]] == [
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}
     ]
-    (binding,) = objects(manifests, "RoleBinding")
+    (binding,) = edge_rbac(manifests, "RoleBinding")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "Role",
@@ -346,7 +356,7 @@ def test_edge_role_is_get_and_patch_on_pods_only():
 
 def test_edge_role_binds_a_named_existing_service_account(tmp_path):
     values = {"serviceAccount": {"create": False, "name": "voice-edge"}}
-    (binding,) = objects(render_with(tmp_path, values), "RoleBinding")
+    (binding,) = edge_rbac(render_with(tmp_path, values), "RoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "voice-edge", "namespace": NAMESPACE}]
 
 

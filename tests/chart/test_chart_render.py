@@ -49,10 +49,14 @@ from .chart_helpers import (
 
 K8S_VERSIONS = ("1.30.0", "1.35.0")
 CRDS = ROOT.parent / "shared" / "crds"
+CHART_CRDS = CHART / "crds"
 CRD_FILES = {
-    ("ray.io/v1", "RayService"): "ray.io_rayservices.yaml",
-    ("keda.sh/v1alpha1", "ScaledObject"): "keda.sh_scaledobjects.yaml",
-    ("keda.sh/v1alpha1", "TriggerAuthentication"): "keda.sh_triggerauthentications.yaml",
+    ("ray.io/v1", "RayService"): CRDS / "ray.io_rayservices.yaml",
+    ("keda.sh/v1alpha1", "ScaledObject"): CRDS / "keda.sh_scaledobjects.yaml",
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): CRDS / "keda.sh_triggerauthentications.yaml",
+    # the chart's own (charts/microturn/crds, installed by helm before the templates)
+    ("microturn.dev/v1alpha1", "InteractionRollout"): CHART_CRDS / "interactionrollouts.microturn.dev.yaml",
+    ("kopf.dev/v1", "KopfPeering"): CHART_CRDS / "kopfpeerings.kopf.dev.yaml",
 }
 MONITORS = {"ServiceMonitor": "endpoints", "PodMonitor": "podMetricsEndpoints"}
 CI_IDS = [p.stem for p in CI_VALUES]
@@ -65,7 +69,7 @@ STANDARD_LABELS = (
     "app.kubernetes.io/managed-by",
     "app.kubernetes.io/part-of",
 )
-COMPONENTS = {"edge", "interaction", "background", "tools", "bus-setup", "turn", "test"}
+COMPONENTS = {"edge", "interaction", "background", "tools", "bus-setup", "rollout", "turn", "test"}
 CONSUMERS = {
     "background": streams.durable(subjects.BACKGROUND_CONSUMER),
     "tools": streams.durable(subjects.TOOLS_CONSUMER),
@@ -159,9 +163,13 @@ def is_hook(obj: dict) -> bool:
 # -- validation --------------------------------------------------------------------------------------
 def _strict(schema: Any) -> Any:
     """An openAPIV3Schema that refuses unknown fields where the CRD lists the fields (the API
-    server's strict field validation; the default would prune them silently)."""
+    server's strict field validation; the default would prune them silently), as JSON Schema 2020-12
+    (OpenAPI v3.0's boolean exclusiveMinimum/exclusiveMaximum become the bound itself)."""
     if isinstance(schema, dict):
         out = {k: _strict(v) for k, v in schema.items()}
+        for bound, exclusive in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+            if isinstance(out.get(exclusive), bool) and out.pop(exclusive):
+                out[exclusive] = out.pop(bound)
         if (
             "properties" in out
             and "additionalProperties" not in out
@@ -176,7 +184,7 @@ def _strict(schema: Any) -> Any:
 
 @functools.cache
 def crd_validator(api_version: str, kind: str) -> jsonschema.Draft202012Validator:
-    path = CRDS / CRD_FILES[(api_version, kind)]
+    path = CRD_FILES[(api_version, kind)]
     if not path.is_file():
         need([str(path)], "the vendored CRDs live in ../shared/crds next to the repository")
     crd = yaml.safe_load(path.read_text())
@@ -184,6 +192,8 @@ def crd_validator(api_version: str, kind: str) -> jsonschema.Draft202012Validato
     (v,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
     schema = copy.deepcopy(v["schema"]["openAPIV3Schema"])
     schema["properties"]["metadata"] = {"type": "object"}
+    for field in ("apiVersion", "kind"):  # the API server takes them on every object
+        schema["properties"].setdefault(field, {"type": "string"})
     return jsonschema.Draft202012Validator(_strict(schema))
 
 
@@ -855,14 +865,14 @@ def test_network_policies():
         for p in objects(manifests, "NetworkPolicy")
         if not p["metadata"]["name"].endswith("-interaction-autoscaler")  # test_chart_autoscaling.py
     }
-    assert set(policies) == {"edge", "interaction", "background", "tools", "bus-setup", "turn"}
+    assert set(policies) == {"edge", "interaction", "background", "tools", "bus-setup", "rollout", "turn"}
     assert is_hook(policies["bus-setup"])
     for comp, p in policies.items():
         egress = p["spec"]["egress"]
         assert any(any(port["port"] == 53 for port in r.get("ports", [])) for r in egress), (
             f"{comp}: no DNS egress"
         )
-    for comp in ("interaction", "background", "tools", "bus-setup"):
+    for comp in ("interaction", "background", "tools", "bus-setup", "rollout"):
         nats = [
             r
             for r in policies[comp]["spec"]["egress"]
@@ -881,7 +891,7 @@ def test_network_policies():
         p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/component")
         for p in rule["from"]
     ]
-    assert {"edge", "test"} <= set(peers) and {"ipBlock": {"cidr": "10.0.0.0/16"}} in rule["from"]
+    assert {"edge", "test", "rollout"} <= set(peers) and {"ipBlock": {"cidr": "10.0.0.0/16"}} in rule["from"]
     # no hop from background to tools except NATS: tools' gRPC port only from helm tests
     tools_in = policies["tools"]["spec"]["ingress"]
     grpc_rule = next(r for r in tools_in if {"protocol": "TCP", "port": 9100} in r["ports"])
@@ -1091,7 +1101,8 @@ def test_nats_values_declare_the_users_and_permissions():
 def test_no_stray_files():
     """Everything under charts/microturn is a chart file helm uses (no editor or test leftovers)."""
     allowed = re.compile(
-        r"^(Chart\.yaml|values\.yaml|values\.schema\.json|\.helmignore|templates/.+|files/.+|ci/[^/]+\.yaml)$"
+        r"^(Chart\.yaml|values\.yaml|values\.schema\.json|\.helmignore|templates/.+|files/.+|ci/[^/]+\.yaml"
+        r"|crds/[^/]+\.yaml)$"
     )
     stray = [
         str(p.relative_to(CHART))

@@ -124,3 +124,21 @@ async def test_a_version_no_replica_serves_gets_a_clear_error_not_a_hang(edge_st
         assert client.session_id not in edge_stack.core.sessions
     finally:
         await client.close()
+
+
+async def test_a_call_whose_version_is_retired_ends_with_a_clear_error(edge_stack, tmp_path):
+    client, events = await call_events(edge_stack, RoutingTable(3, {VERSION: 100}), tmp_path)
+    try:
+        await wait_until(lambda: len(client.chunk_arrivals()) >= 3, 60, "output chunks")
+        sid = client.session_id
+        RoutingTable(4, {"next": 100}, retired={VERSION: "tiny-test was rolled back; start a new call"}).write(
+            edge_stack.edge.routing.path
+        )
+        touch_later(edge_stack.edge.routing.path)
+        edge_stack.edge.routing.reload()
+        await wait_until(lambda: sid not in edge_stack.edge.sessions, 10, "the call to end")
+        await wait_until(lambda: any(e.get("type") == "error" for e in events), 10, "the error event")
+        (error,) = [e for e in events if e.get("type") == "error"]
+        assert error["code"] == "VERSION_RETIRED" and "rolled back" in error["message"]
+    finally:
+        await client.close()

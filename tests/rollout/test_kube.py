@@ -218,3 +218,22 @@ async def test_no_status_is_written_without_the_stable_version(driver):
     with pytest.raises(SpecError, match=r"spec\.stable"):
         await asyncio.to_thread(reconcile, {"spec": {"candidate": "v2", "steps": [{"weight": 100}]}}, driver,
                                 StatsWindow(), 0)  # fmt: skip
+
+
+async def test_past_the_drain_deadline_the_routing_configmap_retires_the_versions_calls(kmock, driver):
+    body, fleet = cr(steps=((50, 60, 1), (100, 60, 0)), drainDeadlineSeconds=30), Fleet()
+    await run(body, driver, fleet, 0)
+    await set_ready(kmock, f"{BASE}-{V2}")
+    await run(body, driver, fleet, 1)
+    await run(body, driver, fleet, 2, smoke=True)
+    body["spec"]["abort"] = True
+    fleet.report(3, V2, sessions=2)
+    await run(body, driver, fleet, 3)
+    assert body["status"]["phase"] == "Aborting" and not routing(kmock).retired
+    fleet.report(40, V2, sessions=2)  # past the deadline, calls still on the candidate
+    await run(body, driver, fleet, 40)
+    assert V2 in routing(kmock).retired and routing(kmock).weights == {V1: 100}
+    assert rayservice(kmock, f"{BASE}-{V2}") is not None  # the edges end them first
+    fleet.report(45, V2, sessions=0)
+    await run(body, driver, fleet, 45)
+    assert body["status"]["phase"] == "Aborted" and rayservice(kmock, f"{BASE}-{V2}") is None

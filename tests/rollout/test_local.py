@@ -133,3 +133,18 @@ def test_candidate_settings_reach_its_replicas_and_bad_ones_are_refused(settings
                          ("fault_tick_delay_ms", "SETTING=VALUE")):  # fmt: skip
         assert cli_main(["rollout", "start", "--to", "microturn-tiny-v1", "--set", bad]) == 2
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("migrate", [False, True])
+def test_past_the_deadline_the_edges_are_told_to_end_the_versions_calls(settings, migrate):
+    from microturn.rollout.local import LocalController, routing_path
+    from microturn.rollout.machine import EndSessions
+    from microturn.rollout.routing import RoutingTable
+
+    controller = LocalController(settings)
+    routing_path(settings).parent.mkdir(parents=True, exist_ok=True)
+    RoutingTable(5, {"microturn-tiny-v2": 100}).write(routing_path(settings))
+    controller.apply([EndSessions("microturn-tiny-v1", migrate, "microturn-tiny-v1 is being retired")])
+    table = RoutingTable.from_json(routing_path(settings).read_text())
+    assert table.epoch == 5 and table.weights == {"microturn-tiny-v2": 100}
+    assert "being retired" in table.retired["microturn-tiny-v1"]

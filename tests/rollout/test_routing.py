@@ -64,8 +64,17 @@ def test_the_json_form_round_trips_and_writes_atomically(tmp_path):
         ('{"epoch": 1, "weights": {"v1": 100}, "apps": ["v1"]}', "must be objects"),
         ('{"epoch": 1, "weights": {"v1": 100}, "targets": {"v1": "nowhere"}}', "host:port"),
         ('{"epoch": 1, "weights": {"v1": 100}, "targets": {"v2": "h:1"}}', "without a weight"),
+        ('{"epoch": 1, "weights": {"v1": 100}, "retired": {"v1": "gone"}}', "must have weight 0"),
+        ('{"epoch": 1, "weights": {"v1": 100}, "retired": {"v0": 3}}', "both strings"),
     ],
 )
 def test_a_bad_table_says_why(text, message):
     with pytest.raises(RoutingError, match=message):
         RoutingTable.from_json(text)
+
+
+def test_a_retired_version_round_trips_and_a_live_one_cannot_be_retired():
+    table = RoutingTable(4, {"v1": 100}).retire("v0", "past its deadline")
+    assert RoutingTable.from_json(table.to_json()) == table and table.retired == {"v0": "past its deadline"}
+    with pytest.raises(RoutingError, match="weight 0"):
+        RoutingTable(4, {"v1": 100}).retire("v1", "no")

@@ -112,9 +112,17 @@ class EdgeServer:
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
+            retired = self.routing.table.retired if self.routing.table is not None else {}
             for sid, s in list(self.sessions.items()):
                 reason = None
-                if s.closed:
+                version = s.route.version or (
+                    s.grpc.accepted.model_version if s.grpc and s.grpc.accepted else ""
+                )
+                if version in retired and not s.closed:
+                    # its version is gone (a rollout's drain deadline): a clear error, then the end
+                    s.send_event({"type": "error", "code": "VERSION_RETIRED", "message": retired[version]})
+                    reason = f"model version {version} retired"
+                elif s.closed:
                     reason = "closed"
                 elif s.state == "created" and now - s.created_at > self.cfg.offer_timeout_s:
                     reason = f"no offer within {self.cfg.offer_timeout_s:.0f} s"

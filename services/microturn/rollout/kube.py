@@ -149,6 +149,20 @@ class KubeDriver:
     def target(self, name: str) -> str:
         return f"{name}-grpc.{self.namespace}.svc:{self.grpc_port}"
 
+    def routing(self) -> RoutingTable | None:
+        try:
+            cm = self.core.read_namespaced_config_map(self.routing_configmap, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        text = (cm.data or {}).get(ROUTING_KEY)
+        return RoutingTable.from_json(text) if text else None
+
+    def retire(self, version: str, reason: str, epoch: int, weights: dict[str, int]) -> None:
+        table = self.routing() or RoutingTable(epoch, dict(weights))
+        self.set_routing(table.retire(version, reason))
+
     def set_routing(self, table: RoutingTable) -> None:
         body = {"data": {ROUTING_KEY: table.to_json()}}
         try:
@@ -245,8 +259,8 @@ def reconcile(
                 driver.delete(names.pop(a.version))
         elif isinstance(a, SetRouting):
             driver.set_routing(routing_table(a.epoch, a.weights, names, driver))
-        elif isinstance(a, EndSessions):
-            events.append(RecordEvent("DrainDeadline", a.reason, warning=True))
+        elif isinstance(a, EndSessions):  # the edges end its calls with a clear error
+            driver.retire(a.version, f"{a.reason}; start a new call", status.epoch, status.weights)
         elif isinstance(a, RecordEvent):
             events.append(a)
     versions = obs.versions

@@ -283,9 +283,7 @@ class LocalController:
                 apps = {v: self.deployed[v].app for v in a.weights if v in self.deployed}
                 RoutingTable(a.epoch, a.weights, apps).write(routing_path(self.settings))
             elif isinstance(a, EndSessions):
-                # Locally the version's application goes with its deployment a minute later; its
-                # calls then end (their replicas drain with no other replica of that version).
-                log.warning("drain deadline of %s: %s", a.version, a.reason)
+                self._retire(a)
             elif isinstance(a, RecordEvent):
                 event = {"at_unix_ms": now_unix_ms(), "reason": a.reason, "message": a.message,
                          "type": "Warning" if a.warning else "Normal"}  # fmt: skip
@@ -294,6 +292,16 @@ class LocalController:
                 self.dir.mkdir(parents=True, exist_ok=True)
                 with (self.dir / "events.jsonl").open("a") as f:
                     f.write(json.dumps(event) + "\n")
+
+    def _retire(self, a: EndSessions) -> None:
+        """Past a version's drain deadline: the edges end its live calls with a clear error (the
+        routing table's ``retired``). Moving them to the other version is not built yet."""
+        if a.migrate:
+            log.warning("moving calls between versions is not built yet: %s's calls end instead", a.version)
+        path = routing_path(self.settings)
+        table = RoutingTable.from_json(path.read_text()) if path.is_file() else RoutingTable(
+            self.status.epoch, dict(self.status.weights))  # fmt: skip
+        table.retire(a.version, f"{a.reason}; start a new call").write(path)
 
     def _deploy(self) -> None:
         write_deployed(self.settings, self.deployed)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ class RoutingTable:
     # version -> host:port of its gRPC endpoint, where versions run in separate clusters (Kubernetes:
     # one RayService each); default: the edge's interaction_target
     targets: dict[str, str] = field(default_factory=dict)
+    # version -> why: a version past its drain deadline; edges end its live calls with that reason
+    retired: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.epoch < 0:
@@ -57,6 +59,10 @@ class RoutingTable:
                 raise RoutingError(f"{name} names versions without a weight: {sorted(unknown)}")
             if any(not isinstance(a, str) or not a for a in mapping.values()):
                 raise RoutingError(f"{name}: every value must be a non-empty string")
+        if any(not isinstance(v, str) or not isinstance(r, str) for v, r in self.retired.items()):
+            raise RoutingError("retired: {version: reason}, both strings")
+        if retired_live := {v for v in self.retired if self.weights.get(v, 0) > 0}:
+            raise RoutingError(f"retired versions must have weight 0: {sorted(retired_live)}")
         if any(":" not in t or not t.rsplit(":", 1)[1].isdigit() for t in self.targets.values()):
             raise RoutingError(f"targets: each is host:port, got {sorted(self.targets.values())}")
 
@@ -81,6 +87,8 @@ class RoutingTable:
             doc["apps"] = dict(sorted(self.apps.items()))
         if self.targets:
             doc["targets"] = dict(sorted(self.targets.items()))
+        if self.retired:
+            doc["retired"] = dict(sorted(self.retired.items()))
         return json.dumps(doc)
 
     @classmethod
@@ -94,10 +102,14 @@ class RoutingTable:
         epoch = doc.get("epoch", 0)
         if not isinstance(epoch, int) or isinstance(epoch, bool):
             raise RoutingError(f"epoch must be an integer, got {epoch!r}")
-        apps, targets = doc.get("apps", {}), doc.get("targets", {})
-        if not isinstance(apps, dict) or not isinstance(targets, dict):
-            raise RoutingError("apps and targets must be objects {version: application | host:port}")
-        return cls(epoch, dict(doc["weights"]), dict(apps), dict(targets))
+        apps, targets, retired = doc.get("apps", {}), doc.get("targets", {}), doc.get("retired", {})
+        if not all(isinstance(m, dict) for m in (apps, targets, retired)):
+            raise RoutingError("apps, targets and retired must be objects keyed by version")
+        return cls(epoch, dict(doc["weights"]), dict(apps), dict(targets), dict(retired))
+
+    def retire(self, version: str, reason: str) -> RoutingTable:
+        """The same table with ``version``'s live calls to be ended (its weight must be 0)."""
+        return replace(self, retired={**self.retired, version: reason})
 
     def write(self, path: Path) -> None:
         """Replace ``path`` atomically (readers see the old table or the new one, never half)."""
