@@ -16,4 +16,19 @@ def nats_server(tmp_path) -> Iterator[NatsServer]:
         yield server
 
 
+@pytest.fixture
+def passwords() -> dict[str, str]:
+    """Fresh passwords for every NATS user of the permission table."""
+    from microturn.bus.permissions import generate_passwords
+
+    return generate_passwords()
+
+
+@pytest.fixture
+def secure_nats(tmp_path, passwords) -> Iterator[NatsServer]:
+    """A real nats-server that admits only the permission table's users, with their permissions."""
+    with NatsServer(store_dir=tmp_path / "nats", users=passwords) as server:
+        yield server
+
+
 from .fuzzing import tally  # noqa: E402, F401  (the fuzz targets' shared fixture)

@@ -24,7 +24,6 @@ from microturn.bus.permissions import (
     SERVICE_USERS,
     USERS,
     EnvVar,
-    generate_passwords,
     inbox_prefix,
     permission_table,
     permissions_data,
@@ -108,17 +107,6 @@ async def violated(bus: Bus, entry: str, timeout_s: float = 10.0) -> None:
         timeout_s,
         f"violation {entry!r} (seen: {list(bus.permission_violations)})",
     )
-
-
-@pytest.fixture
-def passwords() -> dict[str, str]:
-    return generate_passwords()
-
-
-@pytest.fixture
-def secure_nats(tmp_path, passwords):
-    with NatsServer(store_dir=tmp_path / "nats", users=passwords) as server:
-        yield server
 
 
 @pytest.fixture

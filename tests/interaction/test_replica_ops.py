@@ -102,27 +102,16 @@ async def test_tick_metrics_are_exported():
     assert util.value == pytest.approx(steps_ms / 5000, rel=0.05) and 0 < util.value < 1
 
 
-async def test_the_fault_delay_makes_every_tick_late_and_it_shows_in_the_report():
+@pytest.mark.parametrize("core_server", [{"fault_tick_delay_ms": 450}], indirect=True)
+async def test_the_fault_delay_makes_every_tick_late_and_it_shows_in_the_report(core_server):
     """fault_tick_delay_ms (rehearsing a slow model): outputs come after their deadline, counted."""
-    settings = load_settings(
-        overrides={
-            "interaction": {"bus": False, "session_slots": 2, "tick_grace_ms": 20, "fault_tick_delay_ms": 450}
-        }
-    )
-    core = InteractionCore(settings, "replica-slow", model=tiny_model())
-    port = free_port()
-    server = await start_server(core, "127.0.0.1", port)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            t0 = session_origin()
-            sess = new_session(channel, "s-slow", t0)
-            await sess.open()
-            for k in range(3):
-                await sess.send(chunk_for("s-slow", k, t0))
-                await asyncio.wait_for(sess.receive(), 10)
-            await sess.close()
-    finally:
-        await server.stop(grace=None)
-        await core.drain()
+    core, channel = core_server
+    t0 = session_origin()
+    sess = new_session(channel, "s-slow", t0)
+    await sess.open()
+    for k in range(3):
+        await sess.send(chunk_for("s-slow", k, t0))
+        await asyncio.wait_for(sess.receive(), 10)
+    await sess.close()
     report = core.report()
     assert report.outputs == 3 and report.misses == 3 and report.tick_p99_ms >= 450

@@ -9,27 +9,15 @@ import grpc
 import pytest
 
 from microturn.bus import subjects
-from microturn.bus.permissions import ROLLOUT, generate_passwords
+from microturn.bus.permissions import ROLLOUT
 from microturn.bus.setup import setup
 from microturn.interaction.core import InteractionCore
 from microturn.interaction.grpc_server import start_server
 from microturn.interaction.stats import ReplicaStats, StatsError
-from microturn.localrun.nats import NatsServer
 from microturn.localrun.ports import free_port
 
 from ..bus.test_bus_permissions import connect, settings_for, violated
 from .conftest import chunk_for, new_session, session_origin, tiny_model
-
-
-@pytest.fixture
-def passwords() -> dict[str, str]:
-    return generate_passwords()
-
-
-@pytest.fixture
-def secure_nats(tmp_path, passwords):
-    with NatsServer(store_dir=tmp_path / "nats", users=passwords) as server:
-        yield server
 
 
 async def test_a_replica_reports_its_service_and_the_rollout_user_reads_it(secure_nats, passwords):
