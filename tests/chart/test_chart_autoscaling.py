@@ -494,7 +494,11 @@ def test_bad_autoscaling_values_fail_naming_them(values, message, tmp_path):
         },
         {"edge": {"autoscaling": {"targetSessionsPerPod": EdgeSettings().max_sessions - 1}}},
         {"edge": {"autoscaling": {"enabled": False, "targetSessionsPerPod": 500}}},
-        {"serviceAccount": {"create": False}, "edge": {"podDeletionCost": {"enabled": False}}},
+        {
+            "serviceAccount": {"create": False},
+            "edge": {"podDeletionCost": {"enabled": False}},
+            "rollout": {"operator": {"enabled": False}},
+        },
     ],
     ids=[
         "target-below-slots",

@@ -196,3 +196,4 @@ def test_every_microturn_container_runs_a_real_microturn_command(values, rendere
         else:
             assert cmd[:1] in (["python"], ["sh"]), f"{c.owner}/{c.name} runs {cmd}: not a microturn command"
     assert {"edge", "background", "tools", "bus setup", "loadtest.smoke"} <= ran, ran
+    assert any(r.startswith("rollout operator") for r in ran), ran  # with its kopf --liveness URL

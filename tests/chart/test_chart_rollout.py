@@ -205,7 +205,7 @@ def test_peering_crd_is_kopfs():
     assert (crd["spec"]["group"], v["name"], crd["spec"]["names"]["plural"]) == (
         selector.group,
         selector.version,
-        selector.plural,
+        selector.any_name,
     )
     assert crd["spec"]["names"]["kind"] == "KopfPeering" and crd["spec"]["scope"] == "Namespaced"
     status = v["schema"]["openAPIV3Schema"]["properties"]["status"]

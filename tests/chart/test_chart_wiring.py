@@ -15,6 +15,7 @@ import json
 import re
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ from microturn.localrun.process import ManagedProcess, ServiceSpec
 from microturn.localrun.ray import ray_head_spec
 from microturn.localrun.supervisor import http_ok
 
-from .chart_contract import Container, containers, secrets, serve_config, write_config_files
+from .chart_contract import Container, configmaps, containers, secrets, serve_config, write_config_files
 from .chart_helpers import CHART, render
 
 pytestmark = pytest.mark.slow
@@ -53,6 +54,12 @@ def on_loopback(env: dict[str, str], root: Path) -> dict[str, str]:
 def process_env(c: Container, manifests, root: Path) -> dict[str, str]:
     # The node's IP (downward API) is loopback here: one machine.
     env = on_loopback(write_config_files(c, manifests, root, host_ip="127.0.0.1"), root)
+    # The ConfigMap files it mounts (the edge's routing table) at their written copies, the cluster's
+    # service names in them on loopback too.
+    for path in c.mounted_files(configmaps(manifests)):
+        local = root / path.lstrip("/")
+        local.write_text(SERVICE_DNS.sub("127.0.0.1", local.read_text()))
+        env = {k: str(local) if v == path else v for k, v in env.items()}
     return {**env, "PYTHONUNBUFFERED": "1"}
 
 
@@ -145,9 +152,13 @@ async def test_the_rendered_chart_carries_a_real_call(tmp_path):
             await asyncio.to_thread(deploy_config, dashboard, config)
             app = config["applications"][0]["name"]
             await asyncio.to_thread(wait_running, dashboard, app, 300)
-            # 4. The edge; the call's host candidates on loopback (its pinned node IP here).
+            # 4. The edge; the call's host candidates on loopback (its pinned node IP here). It applies
+            # the chart's routing table: every new call asks for interaction.modelVersion at the
+            # stable version's gRPC Service, and the replicas must serve that version.
             edge_url = f"http://127.0.0.1:{ports['edge.port']}"
             await run("edge", c["edge"], http_ok(f"{edge_url}/healthz"))
+            with urllib.request.urlopen(f"{edge_url}/healthz", timeout=5) as r:
+                assert "routing epoch 0" in r.read().decode()
             # 5. A real call, as `helm test` makes it.
             call = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "loadtest.smoke", "--url", edge_url, "--seconds", str(CALL_SECONDS),

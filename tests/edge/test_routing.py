@@ -131,9 +131,9 @@ async def test_a_call_whose_version_is_retired_ends_with_a_clear_error(edge_stac
     try:
         await wait_until(lambda: len(client.chunk_arrivals()) >= 3, 60, "output chunks")
         sid = client.session_id
-        RoutingTable(4, {"next": 100}, retired={VERSION: "tiny-test was rolled back; start a new call"}).write(
-            edge_stack.edge.routing.path
-        )
+        RoutingTable(
+            4, {"next": 100}, retired={VERSION: "tiny-test was rolled back; start a new call"}
+        ).write(edge_stack.edge.routing.path)
         touch_later(edge_stack.edge.routing.path)
         edge_stack.edge.routing.reload()
         await wait_until(lambda: sid not in edge_stack.edge.sessions, 10, "the call to end")

@@ -133,6 +133,26 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "microturn.backgroundServiceName" -}}{{ include "microturn.componentName" (dict "ctx" . "suffix" "background-metrics") }}{{- end -}}
 {{- define "microturn.turnServiceName" -}}{{ include "microturn.componentName" (dict "ctx" . "suffix" "turn") }}{{- end -}}
 
+{{/* A model version as a label value and name part, exactly as microturn.rollout.kube.slug makes it:
+lowercase, every character other than [a-z0-9-] replaced by "-", "-" trimmed from both ends, at most
+40 characters (the operator names a candidate's RayService and Service by it and labels its pods). */}}
+{{- define "microturn.versionSlug" -}}
+{{- regexReplaceAll "[^a-z0-9-]" (lower .) "-" | trimAll "-" | trunc 40 -}}
+{{- end -}}
+
+{{/* microturn.io/model-version of the chart's RayService pods: the slug of interaction.modelVersion. */}}
+{{- define "microturn.stableVersionLabel" -}}
+microturn.io/model-version: {{ include "microturn.versionSlug" .Values.interaction.modelVersion | quote }}
+{{- end -}}
+
+{{/* The routing table's ConfigMap (rollout.routingConfigMap). */}}
+{{- define "microturn.routingConfigMapName" -}}
+{{- default (include "microturn.componentName" (dict "ctx" . "suffix" "routing")) .Values.rollout.routingConfigMap -}}
+{{- end -}}
+
+{{/* The rollout operator's kopf peering (KopfPeering object, MICROTURN_ROLLOUT__PEERING). */}}
+{{- define "microturn.rolloutPeeringName" -}}{{ include "microturn.componentName" (dict "ctx" . "suffix" "rollout") }}{{- end -}}
+
 {{/* host:port of the interaction gRPC endpoint (MICROTURN_EDGE__INTERACTION_TARGET). */}}
 {{- define "microturn.interactionTarget" -}}
 {{- printf "%s.%s.svc.cluster.local:%d" (include "microturn.interactionGrpcServiceName" .) .Release.Namespace (int .Values.interaction.grpcPort) -}}
@@ -516,8 +536,15 @@ exactly as microturn.interaction.serve_config.render() does for the same setting
 {{- fail (printf "edge.autoscaling.targetSessionsPerPod (%d) must be below the edge's config.edge.max_sessions (%d): a pod at its cap refuses the calls that arrive while a new pod starts" (int $ea.targetSessionsPerPod) $maxSessions) -}}
 {{- end -}}
 {{- end -}}
+{{- $slug := include "microturn.versionSlug" .Values.interaction.modelVersion -}}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" $slug) -}}
+{{- fail (printf "interaction.modelVersion %q has the slug %q, which is no label value (it must start and end with a letter or digit within its first 40 characters)" .Values.interaction.modelVersion $slug) -}}
+{{- end -}}
 {{- if and .Values.edge.podDeletionCost.enabled (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) -}}
 {{- fail "edge.podDeletionCost grants get/patch on pods to the edge's ServiceAccount: with serviceAccount.create=false set serviceAccount.name (not the namespace's default), or edge.podDeletionCost.enabled=false" -}}
+{{- end -}}
+{{- if and .Values.rollout.operator.enabled (not .Values.serviceAccount.create) (not .Values.serviceAccount.name) -}}
+{{- fail "rollout.operator grants its Role (RayServices, Services, ConfigMaps, InteractionRollouts) to its ServiceAccount: with serviceAccount.create=false set serviceAccount.name (not the namespace's default), or rollout.operator.enabled=false" -}}
 {{- end -}}
 {{- range $svc := list "background" "tools" -}}
 {{- $v := index $.Values $svc -}}

@@ -551,6 +551,13 @@ class RolloutSettings(_Section):
         "microturn-rollout",
         description="kopf peering name: of several operator replicas only the one with the highest priority acts",
     )
+    priority: int | None = Field(
+        None,
+        ge=0,
+        le=2**31 - 1,
+        description="this replica's kopf peering priority (the highest acts); unset: a random one per pod, "
+        "so that no two replicas tie (tied peers pause each other)",
+    )
 
     _check_ports = field_validator("grpc_port")(_port)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from typing import Any
 
@@ -105,16 +106,20 @@ def run(settings: Settings, liveness: str | None = None) -> None:
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-        settings.peering.mandatory = True  # without the peering CRD, refuse to run (two could act at once)
+        settings.peering.mandatory = True  # without the peering object, refuse to run (two could act at once)
         settings.posting.level = logging.INFO
+        # The CRDs are installed with the chart; a namespaced Role cannot list them (nor namespaces):
+        # use the discovery at start instead of retrying forbidden scans for a minute.
+        settings.scanning.disabled = True
         memo.bus = await operator.watch_reports()
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await memo.bus.close()
 
+    # Peers with the same priority pause each other: without a configured one, each pod draws its own.
+    priority = cfg.priority if cfg.priority is not None else random.randint(1, 1_000_000)
     asyncio.run(
-        kopf.operator(
-            registry=registry, namespaces=[namespace], liveness_endpoint=liveness, clusterwide=False
-        )
-    )
+        kopf.operator(registry=registry, namespaces=[namespace], liveness_endpoint=liveness, clusterwide=False,
+                      peering_name=cfg.peering, priority=priority)
+    )  # fmt: skip
