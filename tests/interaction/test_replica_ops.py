@@ -91,14 +91,16 @@ async def test_tick_metrics_are_exported():
     assert sum(p.count for p in points["microturn_tick_duration"]) == 3
     assert sum(p.sum for p in points["microturn_tick_batch_size"]) == 3
     lag = points["microturn_session_lag"]
-    assert [dict(p.attributes) for p in lag] == [{"replica": "replica-m"}]  # no per-session label
+    assert [dict(p.attributes) for p in lag] == [
+        {"replica": "replica-m", "version": "tiny-test"}
+    ]  # no session label
     # lag = wall time past the end of the next expected chunk (chunk 3 ends at t0 + 800 ms)
     assert before - (t0 + 800) <= lag[0].value <= after - (t0 + 800)
     assert points["microturn_sessions"][0].value == 1
     # the autoscaling signal: the share of the last 5 s the three engine steps took
     (util,) = points["microturn_tick_utilisation"]
     steps_ms = sum(p.sum for p in points["microturn_tick_duration"])
-    assert dict(util.attributes) == {"replica": "replica-m"}
+    assert dict(util.attributes) == {"replica": "replica-m", "version": "tiny-test"}
     assert util.value == pytest.approx(steps_ms / 5000, rel=0.05) and 0 < util.value < 1
 
 

@@ -96,11 +96,12 @@ class InteractionCore:
             max_video_frames=self.limits.max_video_frames_per_chunk,
         )
         self.clock = ChunkClock(self.limits.chunk_ms)
+        # every metric of a replica: which replica, which model version (no per-session labels)
+        self._attrs = {"replica": replica_id, "version": self.engine.model_version}
         self.sessions: dict[str, Session] = {}
         self.stats = TickStats()
         self.draining = False
         self._drain_task: asyncio.Task[None] | None = None
-        self._replica_attr = {"replica": replica_id}
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="engine-step")
         self._lock: asyncio.Lock | None = None
         self._tick_task: asyncio.Task[None] | None = None
@@ -152,7 +153,7 @@ class InteractionCore:
                 for s in list(self.sessions.values())
                 if s.outbox is not None
             ]
-            return [Observation(max(lags), {"replica": self.replica_id})] if lags else []
+            return [Observation(max(lags), self._attrs)] if lags else []
 
         meter.create_observable_gauge(
             "microturn_session_lag",
@@ -161,11 +162,11 @@ class InteractionCore:
             description="wall time past the end of the next expected chunk, of the session furthest behind",
         )
         meter.create_observable_gauge(
-            "microturn_sessions", [lambda _: [Observation(len(self.sessions), {"replica": self.replica_id})]]
+            "microturn_sessions", [lambda _: [Observation(len(self.sessions), self._attrs)]]
         )
         meter.create_observable_gauge(
             "microturn_tick_utilisation",
-            [lambda _: [Observation(self.tick_utilisation(), {"replica": self.replica_id})]],
+            [lambda _: [Observation(self.tick_utilisation(), self._attrs)]],
             description="share of the last seconds' micro-turns the engine step took (the autoscaling signal)",
         )
 
@@ -257,9 +258,9 @@ class InteractionCore:
         left = self._attached()
         moved = len([s for s in moving if s not in left])
         if moved:
-            self._m_migrated.add(moved, self._replica_attr)
+            self._m_migrated.add(moved, self._attrs)
         if left:
-            self._m_drain_deadline.add(len(left), self._replica_attr)
+            self._m_drain_deadline.add(len(left), self._attrs)
             log.warning(
                 "drain deadline: %d sessions still here are ended for their clients to recover", len(left)
             )
@@ -524,7 +525,7 @@ class InteractionCore:
                         problem.message += "; the model hears silence for this micro-turn"
                         self._send_error(session, problem)
                     for dropped in session.accept(chunk, now_unix_us()):
-                        self._m_dropped.add(1, {"reason": "backlog"})
+                        self._m_dropped.add(1, {"reason": "backlog", **self._attrs})
                         self._send_error(session, dropped)
                 elif kind == "close":
                     await self._close(session, cancel_delegations=True)
@@ -569,7 +570,7 @@ class InteractionCore:
     def _reported(self, exc: StreamError, session_id: str = "") -> StreamError:
         """Count and log (rate-limited) an error about to be sent to a client."""
         name = interaction_pb2.ErrorCode.Name(exc.code)
-        self._m_errors.add(1, {"code": name})
+        self._m_errors.add(1, {"code": name, **self._attrs})
         self.stats.errors[name] += 1
         self._errlog.log(name, f"{name}: {exc.message}", **{"session.id": session_id})
         return exc
@@ -652,11 +653,11 @@ class InteractionCore:
             for s in sessions:
                 await self._rebuild_unit([s])
             return
-        self._m_rebuild_turns.add(len(items))
+        self._m_rebuild_turns.add(len(items), self._attrs)
         for s in done:
             s.rebuild_last = None
             ms = (time.perf_counter() - s.rebuild_started) * 1000
-            self._m_rebuild.record(ms)
+            self._m_rebuild.record(ms, self._attrs)
             log.info(
                 "session rebuilt",
                 extra={"fields": {"session.id": s.session_id, "rebuild_ms": round(ms, 1)}},
@@ -696,8 +697,8 @@ class InteractionCore:
         st.ticks += 1
         st.batches.append(len(inputs))
         st.steps.append((time.monotonic(), engine_us / 1000))
-        self._m_tick.record(engine_us / 1000)
-        self._m_batch.record(len(inputs))
+        self._m_tick.record(engine_us / 1000, self._attrs)
+        self._m_batch.record(len(inputs), self._attrs)
         for (s, chunk), out, updates in zip(batch, results, fed, strict=True):
             k = chunk.chunk_index
             if not isinstance(out, ChunkOutput):
@@ -710,7 +711,7 @@ class InteractionCore:
             media_start = s.t0_ms + k * self.limits.chunk_ms
             if done_ms > media_start + 2 * self.limits.chunk_ms:
                 st.misses += 1
-                self._m_miss.add(1)
+                self._m_miss.add(1, self._attrs)
             msg = media_pb2.OutputChunk(
                 header=chunk_pb2.ChunkHeader(
                     session_id=s.session_id,
