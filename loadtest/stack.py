@@ -17,7 +17,7 @@ from typing import TextIO
 
 import psutil
 
-from microturn.localrun.ports import free_port
+from microturn.localrun.ports import free_port, free_port_run
 from microturn.localrun.process import group_members
 from microturn.localrun.ray import ray_temp_dir
 from microturn.localrun.supervisor import read_run_file
@@ -46,6 +46,8 @@ def run_env(extra: dict[str, str]) -> dict[str, str]:
     binds (so a soak never collides with a developer's `make up` or the tests), then ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MICROTURN_")}
     env.update({name: str(free_port()) for name in PORT_VARS})
+    # the services' metrics ports are base + 1 and base + 2: the whole run must be free
+    env["MICROTURN_TELEMETRY__LOCAL_METRICS_BASE_PORT"] = str(free_port_run(3))
     env["MICROTURN_EDGE__ICE_HOST_ADDRESSES"] = '["127.0.0.1"]'  # one machine: loopback candidates
     env.update(extra)
     return env

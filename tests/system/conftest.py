@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from microturn.localrun.ports import free_port
+from microturn.localrun.ports import free_port, free_port_run
 
 MICROTURN = [sys.executable, "-m", "microturn"]
 
@@ -32,7 +32,8 @@ def local_env(**extra: str) -> dict[str, str]:
         MICROTURN_TOOLS__GRPC_PORT=str(free_port()),
         MICROTURN_EDGE__PORT=str(free_port()),
         MICROTURN_EDGE__ICE_HOST_ADDRESSES='["127.0.0.1"]',
-        MICROTURN_TELEMETRY__LOCAL_METRICS_BASE_PORT=str(free_port()),
+        # the services' metrics ports are base + 1 and base + 2: the whole run must be free
+        MICROTURN_TELEMETRY__LOCAL_METRICS_BASE_PORT=str(free_port_run(3)),
     )
     env.update(extra)
     return env

@@ -38,6 +38,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def free_port_run(count: int, host: str = "127.0.0.1", tries: int = 50) -> int:
+    """The first of ``count`` consecutive ports that are all free right now (a base port whose
+    neighbours are used too, such as telemetry.local_metrics_base_port)."""
+    for _ in range(tries):
+        base = free_port(host)
+        if base + count - 1 <= 65535 and all(port_is_free(host, base + i) for i in range(1, count)):
+            return base
+    raise PortInUseError(f"found no {count} consecutive free ports on {host} in {tries} tries")
+
+
 def wait_for_port(host: str, port: int, timeout_s: float) -> bool:
     import time
 
