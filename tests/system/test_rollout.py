@@ -45,6 +45,7 @@ async def phase_of(run: LocalRun) -> str:
     return json.loads(res.stdout)["status"]["phase"] if res.returncode == 0 else ""
 
 
+@pytest.mark.timeout(900)  # a local run's start (~1 min), two rollouts under live calls (~3 min)
 async def test_a_rollout_moves_new_calls_and_lets_live_ones_finish_then_a_bad_one_rolls_back(run):
     edge = f"http://127.0.0.1:{run.port('MICROTURN_EDGE__PORT')}"
     # -- v2 -> v1 under live calls, with a WebRTC call that started before it ----------------------
@@ -97,7 +98,10 @@ async def test_a_rollout_moves_new_calls_and_lets_live_ones_finish_then_a_bad_on
     assert st["phase"] == "Aborted" and st["stable"] == V1 and st["weights"] == {V1: 100}
     events = [json.loads(line) for line in (run.state / "rollout" / "events.jsonl").read_text().splitlines()]
     failed = [e for e in events if e["reason"] == "AnalysisFailed"]
-    assert len(failed) >= 2 and all("deadline_miss_ratio" in e["message"] for e in failed), failed
+    # each failed analysis names what the slow candidate broke (misses, or tick time when the whole
+    # machine is so loaded that stable misses deadlines too)
+    assert len(failed) >= 2, failed
+    assert all("deadline_miss_ratio" in e["message"] or "tick_p99_ms" in e["message"] for e in failed), failed
     assert [e["reason"] for e in events][-2:] == ["RolloutAborting", "RolloutAborted"] or any(
         e["reason"] == "RolloutAborting" and "analysis failed" in e["message"] for e in events
     ), events[-5:]
