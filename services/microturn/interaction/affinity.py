@@ -24,7 +24,6 @@ from ray.serve._private.request_router.common import PendingRequest
 from ray.serve._private.request_router.replica_wrapper import RunningReplica
 from ray.serve._private.request_router.request_router import FIFOMixin, RequestRouter
 
-ROUTER_CLASS = f"{__name__}:SessionRouter"
 SESSION_METADATA_KEY = "session_id"
 APPLICATION_METADATA_KEY = "application"
 OWNER_PREFIX = "owner:"

@@ -150,7 +150,7 @@ def _no_controller(settings: Settings) -> int:
 
 
 def cmd_start(ns: argparse.Namespace, settings: Settings) -> int:
-    from microturn.rollout.local import _write, rollout_dir
+    from microturn.rollout.local import rollout_dir, write_json
 
     try:
         spec = spec_from_args(ns, settings)
@@ -159,18 +159,18 @@ def cmd_start(ns: argparse.Namespace, settings: Settings) -> int:
         return 2
     if not _controller_running(settings):
         return _no_controller(settings)
-    _write(rollout_dir(settings) / "spec.json", store.spec_to_doc(spec))
+    write_json(rollout_dir(settings) / "spec.json", store.spec_to_doc(spec))
     print(f"rollout of {spec.candidate} requested: steps {','.join(str(s.weight) for s in spec.steps)}, "
           f"hold {spec.steps[0].hold_s:g}s; follow it with `microturn rollout status`")  # fmt: skip
     return 0
 
 
 def cmd_command(ns: argparse.Namespace, settings: Settings) -> int:
-    from microturn.rollout.local import _write, rollout_dir
+    from microturn.rollout.local import rollout_dir, write_json
 
     if not _controller_running(settings):
         return _no_controller(settings)
-    _write(rollout_dir(settings) / "command.json", {"command": Command(ns.command_name).value})
+    write_json(rollout_dir(settings) / "command.json", {"command": Command(ns.command_name).value})
     print(f"{ns.command_name} sent", flush=True)
     return 0
 

@@ -131,7 +131,7 @@ def read_deployed(settings: Settings) -> dict[str, Deployed]:
 
 
 def write_deployed(settings: Settings, deployed: dict[str, Deployed]) -> None:
-    _write(rollout_dir(settings) / "versions.json", {v: d.__dict__ for v, d in deployed.items()})
+    write_json(rollout_dir(settings) / "versions.json", {v: d.__dict__ for v, d in deployed.items()})
 
 
 def serve_config_for(settings: Settings, deployed: dict[str, Deployed]) -> dict[str, Any]:
@@ -147,7 +147,8 @@ def serve_config_for(settings: Settings, deployed: dict[str, Deployed]) -> dict[
     return doc
 
 
-def _write(path: Path, doc: Any) -> None:
+def write_json(path: Path, doc: Any) -> None:
+    """Replace ``path`` atomically (readers see the old document or the new one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n")
@@ -319,7 +320,7 @@ class LocalController:
             self.apply(actions)
         except (SpecError, RuntimeError, httpx.HTTPError, OSError) as exc:
             log.error("rollout action failed: %s", exc)
-        _write(self.dir / "status.json", {
+        write_json(self.dir / "status.json", {
             "status": store.status_to_doc(self.status),
             "versions": {v: {"app": d.app, **asdict(obs.versions.get(v, VersionObservation()))}
                          for v, d in self.deployed.items()},

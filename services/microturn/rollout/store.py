@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, fields
 from typing import Any
 
@@ -80,7 +79,3 @@ def status_from_doc(doc: dict[str, Any]) -> RolloutStatus:
     doc["paused_from"] = Phase(doc["paused_from"]) if doc.get("paused_from") else None
     doc["spec"] = spec_from_doc(doc["spec"]) if doc.get("spec") else None
     return RolloutStatus(**doc)
-
-
-def dumps(doc: dict[str, Any]) -> str:
-    return json.dumps(doc, indent=1, sort_keys=True, default=str)
