@@ -4,18 +4,24 @@ and the last good one stays in force."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 
+import torch
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from microturn.config import load_settings
 from microturn.edge.routing import RoutingWatcher
 from microturn.edge.server import EdgeServer
+from microturn.interaction.core import InteractionCore
+from microturn.interaction.grpc_server import start_server
+from microturn.localrun.ports import free_port
+from microturn.model import InteractionModel, preset
 from microturn.rollout.routing import Route, RoutingTable
 
-from .conftest import wait_until
+from .conftest import edge_settings, wait_until
 from .webrtc_client import EdgeClient
 
 VERSION = "tiny-test"  # what the edge_stack replica serves
@@ -142,3 +148,38 @@ async def test_a_call_whose_version_is_retired_ends_with_a_clear_error(edge_stac
         assert error["code"] == "VERSION_RETIRED" and "rolled back" in error["message"]
     finally:
         await client.close()
+
+
+async def test_a_call_whose_version_is_retired_moves_to_the_next_one_and_goes_on(edge_stack, tmp_path):
+    """Replay-compatible versions: past the drain deadline the call moves (routing table ``moves``) to
+    the version taking new calls, here served by another gRPC endpoint, and its output goes on there for
+    ten seconds with no error, and the browser is told."""
+    torch.manual_seed(1)
+    settings = edge_settings(free_port())
+    nxt = InteractionCore(
+        settings, "replica-next", model=InteractionModel(preset("tiny"), version="tiny-next")
+    )
+    server = await start_server(nxt, "127.0.0.1", settings.interaction.grpc_port)
+    target = f"127.0.0.1:{settings.interaction.grpc_port}"
+    client, events = await call_events(edge_stack, RoutingTable(3, {VERSION: 100}), tmp_path)
+    try:
+        await wait_until(lambda: len(client.chunk_arrivals()) >= 3, 60, "output chunks")
+        sid = client.session_id
+        RoutingTable(4, {VERSION: 0, "tiny-next": 100}, targets={"tiny-next": target}).retire(
+            VERSION, "tiny-test is being retired; moved to tiny-next", move_to="tiny-next"
+        ).write(edge_stack.edge.routing.path)
+        touch_later(edge_stack.edge.routing.path)
+        edge_stack.edge.routing.reload()
+        await wait_until(lambda: sid in nxt.sessions, 10, "the call on the next version")
+        moved_at = len([e for e in events if e.get("type") == "chunk"])
+        await asyncio.sleep(10)
+        chunks = [e for e in events if e.get("type") == "chunk"]
+        after = [e["model_version"] for e in chunks[moved_at + 5 :]]
+        assert len(after) >= 30 and set(after) == {"tiny-next"}, after  # 10 s at 5 chunks/s, less slack
+        assert not [e for e in events if e.get("type") == "error"]
+        assert sid in edge_stack.edge.sessions and edge_stack.edge.sessions[sid].route.version == "tiny-next"
+        assert any("moving to model version tiny-next" in e.get("detail", "") for e in events)
+    finally:
+        await client.close()
+        await server.stop(grace=None)
+        await nxt.drain(timeout_s=0)

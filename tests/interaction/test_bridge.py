@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 
 import grpc
+import pytest
+from nats.js.errors import NotFoundError
 
 from microturn.bus import Bus, subjects
 from microturn.config import load_settings
@@ -142,3 +144,33 @@ async def test_update_not_fed_before_a_replica_dies_reaches_the_next_owner(nats_
         await servers[1].stop(grace=None)
         for core in cores:
             await core.drain()
+
+
+async def test_a_session_closed_as_moved_keeps_its_updates_and_a_plain_close_deletes_them(bridged):
+    """CloseSession(moved=True) is how a client lets go of the replica it left (a move to another
+    model version, a migration): the session's durable update consumer stays for the next owner. A
+    plain CloseSession ends the session: the consumer goes."""
+    core, channel, bus, _ = bridged
+    t0 = session_origin()
+    durables = {}
+    for sid, moved in (("s-moved", True), ("s-ended", False)):
+        sess = new_session(channel, sid, t0)
+        await sess.open()
+        assert await core.bridge.wait_connected(10)
+        await sess.send(chunk_for(sid, 0, t0))
+        await asyncio.wait_for(sess.receive(), 10)
+        durables[sid] = f"session-{sid}"
+        await bus.js.consumer_info(subjects.UPDATES_STREAM, durables[sid])  # it exists while the call runs
+        if moved:
+            await sess._let_go(sess._call)
+            sess._call = None
+        else:
+            await sess.close()
+        for _ in range(100):
+            if sid not in core.sessions:
+                break
+            await asyncio.sleep(0.05)
+        assert sid not in core.sessions  # freed at once either way, not after detach_timeout_s
+    await bus.js.consumer_info(subjects.UPDATES_STREAM, durables["s-moved"])  # still there
+    with pytest.raises(NotFoundError):
+        await bus.js.consumer_info(subjects.UPDATES_STREAM, durables["s-ended"])

@@ -7,15 +7,18 @@ import time
 
 import grpc
 import numpy as np
+import torch
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from microturn.config import load_settings
 from microturn.interaction.core import InteractionCore
+from microturn.interaction.grpc_server import start_server
 from microturn.localrun.ports import free_port
+from microturn.model import InteractionModel, preset
 from microturn.v1 import interaction_pb2_grpc
 
-from .conftest import chunk_for, new_session, session_origin, tiny_model
+from .conftest import APP, chunk_for, new_session, session_origin, tiny_model
 
 
 class FirstNotDraining(interaction_pb2_grpc.InteractionServicer):
@@ -184,3 +187,65 @@ async def test_a_session_that_cannot_move_is_counted_at_the_drain_deadline():
     finally:
         await channel.close()
         await server.stop(grace=None)
+
+
+async def test_a_session_moves_to_another_model_version_make_before_break():
+    """A rollout retiring a version moves its calls to a replay-compatible one (``move_to``): the
+    output goes on with every chunk index answered once, the old version up to the switch and the new
+    one after it, each chunk saying which version made it, with no error and no recovery."""
+    settings = load_settings(
+        overrides={"interaction": {"bus": False, "session_slots": 4, "tick_grace_ms": 20}}
+    )
+    torch.manual_seed(1)  # the same architecture and vocabulary, other weights
+    next_model = InteractionModel(preset("tiny"), version="tiny-next")
+    old, new = (
+        InteractionCore(settings, "replica-old", model=tiny_model()),
+        InteractionCore(settings, "replica-new", model=next_model),
+    )
+    ports = free_port(), free_port()
+    servers = [await start_server(c, "127.0.0.1", p) for c, p in zip((old, new), ports, strict=True)]
+    ch_old, ch_new = (grpc.aio.insecure_channel(f"127.0.0.1:{p}") for p in ports)
+    n_before, n_after = 15, 40
+    try:
+        t0 = session_origin()
+        sess = new_session(ch_old, "moving", t0, seed=3, model_version="tiny-test")
+        assert (await sess.open()).model_version == "tiny-test"
+        got: list[tuple[int, str, float]] = []  # index, version, arrival
+        errors = []
+
+        async def read() -> None:
+            while len(got) < n_before + n_after:
+                msg = await sess.receive()
+                if msg.WhichOneof("kind") == "chunk":
+                    got.append((msg.chunk.header.chunk_index, msg.chunk.model_version, time.monotonic()))
+                else:
+                    errors.append(msg.error)
+
+        reader = asyncio.create_task(read())
+        for k in range(n_before + n_after):  # in real time, as an edge sends
+            await asyncio.sleep(max(0.0, (t0 + 200 * (k + 1)) / 1000 - time.time()))
+            await sess.send(chunk_for("moving", k, t0))
+            if k == n_before:
+                sess.move_to(ch_new, APP, "tiny-next")
+        await asyncio.wait_for(reader, 30)
+        assert not errors, errors
+        assert [k for k, *_ in got] == list(range(n_before + n_after))
+        versions = [v for _, v, _ in got]
+        switch = versions.index("tiny-next")
+        assert switch >= n_before and set(versions[:switch]) == {"tiny-test"}
+        assert set(versions[switch:]) == {"tiny-next"}  # for 8 s after the move, on the new version only
+        assert sess.migrations == 1 and sess.recoveries == 0
+        assert sess.accepted.model_version == "tiny-next" and "moving" in new.sessions
+        # the old version let go of it (CloseSession moved), it did not wait detach_timeout_s
+        assert "moving" not in old.sessions and old.cfg.detach_timeout_s >= 30
+        gaps = np.diff([t for *_, t in got])
+        print(f"moved at chunk {switch}: output gap there {gaps[switch - 1] * 1000:.0f} ms, "
+              f"largest {gaps.max() * 1000:.0f} ms")  # fmt: skip
+        await sess.close()
+    finally:
+        for ch in (ch_old, ch_new):
+            await ch.close()
+        for server in servers:
+            await server.stop(grace=None)
+        await old.drain(timeout_s=0)
+        await new.drain(timeout_s=0)

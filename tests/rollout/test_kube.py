@@ -220,8 +220,13 @@ async def test_no_status_is_written_without_the_stable_version(driver):
                                 StatsWindow(), 0)  # fmt: skip
 
 
-async def test_past_the_drain_deadline_the_routing_configmap_retires_the_versions_calls(kmock, driver):
-    body, fleet = cr(steps=((50, 60, 1), (100, 60, 0)), drainDeadlineSeconds=30), Fleet()
+@pytest.mark.parametrize("replay_compatible", [False, True])
+async def test_past_the_drain_deadline_the_routing_configmap_retires_the_versions_calls(
+    kmock, driver, replay_compatible
+):
+    """Its calls end, or move to the stable version where the versions are replay-compatible."""
+    body = cr(steps=((50, 60, 1), (100, 60, 0)), drainDeadlineSeconds=30, replayCompatible=replay_compatible)
+    fleet = Fleet()
     await run(body, driver, fleet, 0)
     await set_ready(kmock, f"{BASE}-{V2}")
     await run(body, driver, fleet, 1)
@@ -233,6 +238,7 @@ async def test_past_the_drain_deadline_the_routing_configmap_retires_the_version
     fleet.report(40, V2, sessions=2)  # past the deadline, calls still on the candidate
     await run(body, driver, fleet, 40)
     assert V2 in routing(kmock).retired and routing(kmock).weights == {V1: 100}
+    assert routing(kmock).moves == ({V2: V1} if replay_compatible else {})
     assert rayservice(kmock, f"{BASE}-{V2}") is not None  # the edges end them first
     fleet.report(45, V2, sessions=0)
     await run(body, driver, fleet, 45)

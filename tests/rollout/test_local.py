@@ -135,8 +135,8 @@ def test_candidate_settings_reach_its_replicas_and_bad_ones_are_refused(settings
         assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("migrate", [False, True])
-def test_past_the_deadline_the_edges_are_told_to_end_the_versions_calls(settings, migrate):
+@pytest.mark.parametrize("move_to", ["", "microturn-tiny-v2"])
+def test_past_the_deadline_the_edges_are_told_to_move_or_end_the_versions_calls(settings, move_to):
     from microturn.rollout.local import LocalController, routing_path
     from microturn.rollout.machine import EndSessions
     from microturn.rollout.routing import RoutingTable
@@ -144,7 +144,8 @@ def test_past_the_deadline_the_edges_are_told_to_end_the_versions_calls(settings
     controller = LocalController(settings)
     routing_path(settings).parent.mkdir(parents=True, exist_ok=True)
     RoutingTable(5, {"microturn-tiny-v2": 100}).write(routing_path(settings))
-    controller.apply([EndSessions("microturn-tiny-v1", migrate, "microturn-tiny-v1 is being retired")])
+    controller.apply([EndSessions("microturn-tiny-v1", move_to, "microturn-tiny-v1 is being retired")])
     table = RoutingTable.from_json(routing_path(settings).read_text())
     assert table.epoch == 5 and table.weights == {"microturn-tiny-v2": 100}
     assert "being retired" in table.retired["microturn-tiny-v1"]
+    assert table.moves == ({"microturn-tiny-v1": move_to} if move_to else {})

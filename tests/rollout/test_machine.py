@@ -128,7 +128,8 @@ def test_past_the_drain_deadline_sessions_migrate_or_end_then_the_version_goes(r
     assert st_.phase is Phase.ABORTING and st_.weights == {"v1": 100}
     st_, acts = run(st_, Observations(s, fleet(v2=3)), 10 + 301)
     ends = [a for a in acts if isinstance(a, EndSessions)]
-    assert ends == [EndSessions("v2", replay_compatible, ends[0].reason)] and "deadline" in ends[0].reason
+    move_to = "v1" if replay_compatible else ""  # the version taking the new sessions, or none: end
+    assert ends == [EndSessions("v2", move_to, ends[0].reason)] and "deadline" in ends[0].reason
     st_, acts = run(st_, Observations(s, fleet(v2=1)), 10 + 320)  # going; not sent twice
     assert not [a for a in acts if isinstance(a, EndSessions | DeleteDeployment)]
     st_, acts = run(st_, Observations(s, fleet(v2=1)), 10 + 301 + 61)  # the grace is over
@@ -205,20 +206,20 @@ cooperative = st.one_of(
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(event, min_size=1, max_size=150))
-def test_invariants_hold_whatever_the_operator_clock_and_fleet_do(events):
-    walk(events)
+@given(st.lists(event, min_size=1, max_size=150), st.booleans())
+def test_invariants_hold_whatever_the_operator_clock_and_fleet_do(events, replay_compatible):
+    walk(events, replay_compatible)
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(cooperative, min_size=20, max_size=150))
 def test_invariants_hold_through_promotion_and_retirement(events):
-    walk([("smoke", True), *events])
+    walk([("smoke", True), *events], replay_compatible=True)
 
 
-def walk(events: list[tuple[str, object]]) -> None:
+def walk(events: list[tuple[str, object]], replay_compatible: bool = False) -> None:
     s = spec(steps=(Step(10, 20, 1), Step(50, 20, 1), Step(100, 20, 0)), analysis=AnalysisSpec(min_sessions=1),
-             drain_deadline_s=200)  # fmt: skip
+             drain_deadline_s=200, replay_compatible=replay_compatible)  # fmt: skip
     status = initial("v1")
     now, ready, smoke, metrics = 0.0, True, None, GOOD
     sessions = {"v1": 5, "v2": 0, "v3": 0}
@@ -268,6 +269,15 @@ def walk(events: list[tuple[str, object]]) -> None:
                     or (before.phase is Phase.RETIRING)
                 ), (a, sessions, before)
                 assert a.version != status.stable or status.phase is Phase.SUCCEEDED
+            if isinstance(a, EndSessions):
+                # a session changes version only here: past the deadline, to the version taking all new
+                # sessions, and only between replay-compatible versions
+                assert now - before.phase_since > s.drain_deadline_s
+                if (before.spec or s).replay_compatible:
+                    assert a.move_to != a.version and status.weights.get(a.move_to) == 100
+                else:
+                    assert a.move_to == ""
+                hypothesis_event("sessions moved" if a.move_to else "sessions ended")
         # weights only move as the steps say: a prefix of the step weights, then 0 if aborted
         steps = [st_.weight for st_ in (before.spec or s).steps]
         moving = [w for w in candidate_weights if w != 0]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from microturn.rollout.routing import RoutingError, RoutingTable
+from microturn.rollout.routing import Route, RoutingError, RoutingTable
 
 ids = st.text("abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=40)
 
@@ -66,6 +66,13 @@ def test_the_json_form_round_trips_and_writes_atomically(tmp_path):
         ('{"epoch": 1, "weights": {"v1": 100}, "targets": {"v2": "h:1"}}', "without a weight"),
         ('{"epoch": 1, "weights": {"v1": 100}, "retired": {"v1": "gone"}}', "must have weight 0"),
         ('{"epoch": 1, "weights": {"v1": 100}, "retired": {"v0": 3}}', "both strings"),
+        ('{"epoch": 1, "weights": {"v1": 100}, "moves": {"v0": "v1"}}', "not retired"),
+        (
+            '{"epoch": 1, "weights": {"v1": 100, "v2": 0}, "retired": {"v0": "x"}, "moves": {"v0": "v2"}}',
+            "weight > 0",
+        ),
+        ('{"epoch": 1, "weights": {"v1": 100}, "retired": {"v0": "x"}, "moves": {"v0": 1}}', "both strings"),
+        ('{"epoch": 1, "weights": {"v1": 100}, "moves": []}', "must be objects"),
     ],
 )
 def test_a_bad_table_says_why(text, message):
@@ -78,3 +85,11 @@ def test_a_retired_version_round_trips_and_a_live_one_cannot_be_retired():
     assert RoutingTable.from_json(table.to_json()) == table and table.retired == {"v0": "past its deadline"}
     with pytest.raises(RoutingError, match="weight 0"):
         RoutingTable(4, {"v1": 100}).retire("v1", "no")
+
+
+def test_a_retired_version_can_send_its_calls_to_the_live_one():
+    table = RoutingTable(4, {"v0": 0, "v1": 100}, apps={"v1": "interaction-v1"}).retire(
+        "v0", "x", move_to="v1"
+    )
+    assert RoutingTable.from_json(table.to_json()) == table and table.moves == {"v0": "v1"}
+    assert table.route_to("v1", "interaction") == Route("v1", "interaction-v1")

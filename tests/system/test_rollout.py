@@ -1,7 +1,8 @@
 """Session-aware rollouts on a real local run (microturn up: Ray Serve, NATS, the edge): live calls
 keep going through a whole rollout, new calls move to the candidate by the step weights, old calls
-finish on the version they started on (the version in every output chunk proves it), and a bad
-candidate is rolled back automatically, with no call dropped."""
+finish on the version they started on (the version in every output chunk proves it) or, past the drain
+deadline, move to the new one and go on, and a bad candidate is rolled back automatically, with no call
+dropped."""
 
 from __future__ import annotations
 
@@ -58,18 +59,27 @@ async def test_a_rollout_moves_new_calls_and_lets_live_ones_finish_then_a_bad_on
     await asyncio.sleep(4)
     res = await asyncio.to_thread(rollout_cli, run.env, run.state, "start", "--to", V1, "--steps", "50,100",
                                   "--hold", "6s", "--min-sessions", "2", "--interval", "3s",
-                                  "--drain-deadline", "300s")  # fmt: skip
+                                  "--drain-deadline", "20s", "--replay-compatible")  # fmt: skip
     assert res.returncode == 0, res.stderr
     for _ in range(240):  # until v1 takes every new call; the WebRTC call is still on v2
         if await phase_of(run) in ("Promoted", "Draining"):
             break
         await asyncio.sleep(0.5)
     assert await phase_of(run) == "Draining"  # v2 cannot retire: the WebRTC call is still on it
-    chunks = [e for e in webrtc.events if e.get("type") == "chunk"]
-    assert {e["model_version"] for e in chunks} == {V2}, "the call changed version"
+
+    def chunks() -> list[dict]:
+        return [e for e in webrtc.events if e.get("type") == "chunk"]
+
+    assert {e["model_version"] for e in chunks()} == {V2}, "the call changed version before the deadline"
+    # past the 20 s drain deadline the call moves to v1 (replay-compatible versions) and goes on there
+    await wait_until(lambda: any(e["model_version"] == V1 for e in chunks()), 90, "the WebRTC call on v1")
+    moved_at = len(chunks())
+    await asyncio.sleep(10)
+    after = [e["model_version"] for e in chunks()[moved_at:]]
+    assert len(after) >= 40 and set(after) == {V1}, after  # 10 s of output (5 per s), all from v1
     indices = [k for k, _ in webrtc.chunk_arrivals()]
     assert indices == list(range(len(indices))) and not [e for e in webrtc.events if e.get("type") == "error"]
-    await webrtc.close()  # its last call gone, v2 retires
+    await webrtc.close()
     doc = await follow(run.env, run.state, 180, print)
     stop.set()
     await runner
@@ -80,6 +90,8 @@ async def test_a_rollout_moves_new_calls_and_lets_live_ones_finish_then_a_bad_on
     assert within_binomial(*per_epoch[1], 0.5), per_epoch  # the 50 % step
     assert all(on == n for e, (on, n) in per_epoch.items() if e is not None and e >= 2), per_epoch
     assert sum(n for e, (_, n) in per_epoch.items() if e is not None) >= 10
+    events = [json.loads(line) for line in (run.state / "rollout" / "events.jsonl").read_text().splitlines()]
+    assert any(e["reason"] == "DrainDeadline" and f"move to {V1}" in e["message"] for e in events), events
 
     # -- a bad candidate (every tick 300 ms late) is rolled back by its own metrics ----------------
     calls = traffic(run)

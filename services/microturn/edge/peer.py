@@ -293,6 +293,16 @@ class EdgeSession:
             elif kind == "error":
                 self.send_event(error_event(msg.error))
 
+    def move_to(self, route: Route, channel: grpc.aio.Channel, why: str) -> None:
+        """Carry on on another model version (``route``): a rollout retired this call's version and
+        the two are replay-compatible. The output goes on; the browser is told which version now."""
+        log.info("session %s moves from model version %s to %s: %s",
+                 self.session_id, self.route.version, route.version, why)  # fmt: skip
+        self.route, self.channel = route, channel
+        if self.grpc is not None:  # (not open yet: it opens on the new version)
+            self.grpc.move_to(channel, route.app, route.version)
+        self.send_event(state_event(self.state, f"moving to model version {route.version}"))
+
     # -- out -----------------------------------------------------------------------------------
     def send_event(self, event: dict[str, Any]) -> None:
         if event.get("type") == "error":

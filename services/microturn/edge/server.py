@@ -46,6 +46,10 @@ class EdgeServer:
         self.routing = RoutingWatcher(
             self.cfg.routing_file, settings.interaction.app_name, meter, self.cfg.routing_poll_s
         )
+        self._moved = meter.create_counter(
+            "microturn_edge_sessions_moved",
+            description="calls moved to another model version (theirs was retired by a rollout)",
+        )
         meter.create_observable_gauge(
             "microturn_edge_sessions",
             [lambda _: [Observation(len(self.sessions))]],
@@ -112,14 +116,20 @@ class EdgeServer:
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
-            retired = self.routing.table.retired if self.routing.table is not None else {}
+            table = self.routing.table
+            retired, moves = (table.retired, table.moves) if table is not None else ({}, {})
             for sid, s in list(self.sessions.items()):
                 reason = None
                 version = s.route.version or (
                     s.grpc.accepted.model_version if s.grpc and s.grpc.accepted else ""
                 )
-                if version in retired and not s.closed:
-                    # its version is gone (a rollout's drain deadline): a clear error, then the end
+                if version in moves and table is not None and not s.closed:
+                    # its version is going (a rollout's drain deadline) and the next one can replay it
+                    to = table.route_to(moves[version], self.settings.interaction.app_name)
+                    s.move_to(to, self._channel_for(to.target), retired[version])
+                    self._moved.add(1)
+                elif version in retired and not s.closed:
+                    # its version is gone and the call cannot move: a clear error, then the end
                     s.send_event({"type": "error", "code": "VERSION_RETIRED", "message": retired[version]})
                     reason = f"model version {version} retired"
                 elif s.closed:

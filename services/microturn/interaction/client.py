@@ -6,7 +6,8 @@ and when the replica answers UNKNOWN_SESSION or DRAINING, the stream breaks, or 
 replica owns the session now — replaying the last ``resume_span_chunks`` answered chunks (all a
 replica needs to rebuild the session exactly, whatever its age) and resending the ones in flight.
 Background updates the model consumed (BackgroundUpdateConsumed events) are kept with their input
-chunk. The edge uses it for every call; tests and benchmarks use it directly.
+chunk. The same replay moves a session to another model version (``move_to``: a rollout retiring its
+version). The edge uses it for every call; tests and benchmarks use it directly.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class InteractionSession:
         self._next_call: grpc.aio.StreamStreamCall | None = None
         self._next_accepted: interaction_pb2.SessionAccepted | None = None
         self._next_read: asyncio.Task | None = None
+        self._letting_go: set[asyncio.Task] = set()  # old streams being closed after a switch
         self.migrations = 0
         self.switched_at: list[int] = []  # per migration: the first chunk index the new owner answered
 
@@ -213,6 +215,16 @@ class InteractionSession:
         call, accepted = await self._reconnect("migrating to", attempts=self.max_recoveries, owner=None)
         self._next_call, self._next_accepted = call, accepted  # (no await since _connect's last write)
 
+    def move_to(self, channel: grpc.aio.Channel, app_name: str, model_version: str) -> None:
+        """Move the session to another model version (its own is being retired, and the two are
+        replay-compatible: the new one can rebuild the session from its chunks and their resume state).
+        From now on every stream opens there; a planned migration starts at once, so the current stream
+        keeps answering until the new one has caught up."""
+        self.stub = interaction_pb2_grpc.InteractionStub(channel)
+        self.app_name, self.model_version = app_name, model_version
+        self._drop_migration()  # one in progress would land on the old version
+        self._start_migration()
+
     def _drop_migration(self) -> None:
         for t in (self._migration, self._next_read):
             if t is not None:
@@ -224,14 +236,38 @@ class InteractionSession:
     def _switch_to_next(self) -> None:
         """The new owner has caught up: it becomes the stream; the draining one is let go."""
         assert self._next_call is not None and self._next_accepted is not None
-        if self._read is not None:
+        if self._call is not None:  # (its pending read goes with it: cancelling one cancels the RPC)
+            task = asyncio.ensure_future(self._let_go(self._call, self._read))
+            self._letting_go.add(task)
+            task.add_done_callback(self._letting_go.discard)
+        elif self._read is not None:
             self._read.cancel()
-        if self._call is not None:
-            self._call.cancel()
         self._call, self._read, self.accepted = self._next_call, self._next_read, self._next_accepted
         self._next_call = self._next_read = self._migration = None
         self.migrations += 1
         log.info("session %s: migrated to replica %s", self.session_id, self.accepted.replica_id)
+
+    async def _let_go(
+        self, call: grpc.aio.StreamStreamCall, read: asyncio.Future | None = None, timeout_s: float = 2.0
+    ) -> None:
+        """Tell the replica left behind that the session moved (it frees the session now, not after
+        ``detach_timeout_s``, and keeps its delegations, which follow it), then read the stream to its
+        end (``read``: a read already pending on it)."""
+        close = interaction_pb2.CloseSession(session_id=self.session_id, reason="moved", moved=True)
+        try:
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError,
+                                     TimeoutError):  # fmt: skip
+                await call.write(interaction_pb2.ClientMessage(close=close))
+                await call.done_writing()
+                async with asyncio.timeout(timeout_s):
+                    if read is not None:
+                        await read
+                    while await call.read() is not grpc.aio.EOF:
+                        pass
+        finally:
+            if read is not None:
+                read.cancel()
+            call.cancel()
 
     # -- traffic -------------------------------------------------------------------------------
     async def send(self, chunk: media_pb2.InputChunk) -> None:
@@ -394,6 +430,8 @@ class InteractionSession:
 
     def cancel(self) -> None:
         self._drop_migration()
+        for task in self._letting_go:
+            task.cancel()
         if self._read is not None:
             self._read.cancel()
             self._read = None

@@ -527,8 +527,8 @@ class InteractionCore:
                     for dropped in session.accept(chunk, now_unix_us()):
                         self._m_dropped.add(1, {"reason": "backlog", **self._attrs})
                         self._send_error(session, dropped)
-                elif kind == "close":
-                    await self._close(session, cancel_delegations=True)
+                elif kind == "close":  # moved: it goes on elsewhere, and so do its delegations
+                    await self._close(session, cancel_delegations=not msg.close.moved)
                     break
                 else:
                     outbox.put_nowait(

@@ -37,6 +37,7 @@ from microturn.rollout.machine import (
     Step,
     decide,
     initial,
+    retire_reason,
 )
 from microturn.rollout.observe import StatsWindow
 from microturn.rollout.routing import RoutingTable
@@ -159,9 +160,9 @@ class KubeDriver:
         text = (cm.data or {}).get(ROUTING_KEY)
         return RoutingTable.from_json(text) if text else None
 
-    def retire(self, version: str, reason: str, epoch: int, weights: dict[str, int]) -> None:
+    def retire(self, a: EndSessions, epoch: int, weights: dict[str, int]) -> None:
         table = self.routing() or RoutingTable(epoch, dict(weights))
-        self.set_routing(table.retire(version, reason))
+        self.set_routing(table.retire(a.version, retire_reason(a), a.move_to))
 
     def set_routing(self, table: RoutingTable) -> None:
         body = {"data": {ROUTING_KEY: table.to_json()}}
@@ -259,8 +260,8 @@ def reconcile(
                 driver.delete(names.pop(a.version))
         elif isinstance(a, SetRouting):
             driver.set_routing(routing_table(a.epoch, a.weights, names, driver))
-        elif isinstance(a, EndSessions):  # the edges end its calls with a clear error
-            driver.retire(a.version, f"{a.reason}; start a new call", status.epoch, status.weights)
+        elif isinstance(a, EndSessions):  # the edges move its calls, or end them with a clear error
+            driver.retire(a, status.epoch, status.weights)
         elif isinstance(a, RecordEvent):
             events.append(a)
     versions = obs.versions

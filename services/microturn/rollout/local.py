@@ -56,6 +56,7 @@ from microturn.rollout.machine import (
     VersionObservation,
     decide,
     initial,
+    retire_reason,
 )
 from microturn.rollout.observe import StatsWindow
 from microturn.rollout.routing import RoutingTable
@@ -295,14 +296,12 @@ class LocalController:
                     f.write(json.dumps(event) + "\n")
 
     def _retire(self, a: EndSessions) -> None:
-        """Past a version's drain deadline: the edges end its live calls with a clear error (the
-        routing table's ``retired``). Moving them to the other version is not built yet."""
-        if a.migrate:
-            log.warning("moving calls between versions is not built yet: %s's calls end instead", a.version)
+        """Past a version's drain deadline: the edges move its live calls to ``a.move_to`` or end
+        them with a clear error (the routing table's ``retired`` and ``moves``)."""
         path = routing_path(self.settings)
         table = RoutingTable.from_json(path.read_text()) if path.is_file() else RoutingTable(
             self.status.epoch, dict(self.status.weights))  # fmt: skip
-        table.retire(a.version, f"{a.reason}; start a new call").write(path)
+        table.retire(a.version, retire_reason(a), a.move_to).write(path)
 
     def _deploy(self) -> None:
         write_deployed(self.settings, self.deployed)

@@ -165,12 +165,17 @@ class SetRouting:
 
 @dataclass(frozen=True)
 class EndSessions:
-    """The version's drain deadline passed: migrate its live sessions (replay-compatible versions)
-    or end them with a clear error."""
+    """The version's drain deadline passed: move its live sessions to ``move_to`` (replay-compatible
+    versions) or, with ``move_to`` empty, end them with a clear error."""
 
     version: str
-    migrate: bool
+    move_to: str
     reason: str
+
+
+def retire_reason(a: EndSessions) -> str:
+    """What the edges say to the calls of a retired version (logged when moved, sent when ended)."""
+    return f"{a.reason}; moved to {a.move_to}" if a.move_to else f"{a.reason}; start a new call"
 
 
 @dataclass(frozen=True)
@@ -345,9 +350,11 @@ def _drain(status: RolloutStatus, version: str, obs: VersionObservation, spec: R
     if obs.sessions > 0 and waited <= spec.drain_deadline_s:
         return replace(status, sessions_left=obs.sessions), actions
     if obs.sessions > 0 and not status.deadline_passed:
-        how = "migrate to the other version" if spec.replay_compatible else "end with an error"
+        # the version taking all new sessions (the one left when this one is gone)
+        move_to = max(status.weights, key=status.weights.__getitem__) if spec.replay_compatible else ""
+        how = f"move to {move_to}" if move_to else "end with an error"
         reason = f"{version} is being retired: its {spec.drain_deadline_s:.0f} s drain deadline passed"
-        actions.append(EndSessions(version, spec.replay_compatible, reason))
+        actions.append(EndSessions(version, move_to, reason))
         actions.append(
             RecordEvent("DrainDeadline", f"{obs.sessions} sessions on {version} {how}", warning=True)
         )

@@ -5,6 +5,8 @@ versions, in name order, own consecutive ranges as wide as their weights. So the
 deterministic (every edge, every retry agrees) and, as a candidate's weight only grows during a
 rollout, a session id that picked the candidate at one weight picks it at every higher one. A session
 keeps the version it picked for its whole life; a table change affects only sessions created after it.
+The one exception is a version past its rollout's drain deadline (``retired``): its calls end with a
+clear error, or, where the versions are replay-compatible, move to the version ``moves`` names.
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ class RoutingTable:
     # version -> host:port of its gRPC endpoint, where versions run in separate clusters (Kubernetes:
     # one RayService each); default: the edge's interaction_target
     targets: dict[str, str] = field(default_factory=dict)
-    # version -> why: a version past its drain deadline; edges end its live calls with that reason
+    # version -> why: a version past its drain deadline; edges end its live calls with that reason...
     retired: dict[str, str] = field(default_factory=dict)
+    # ...or, for a retired version listed here, move them to this version (replay-compatible versions)
+    moves: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.epoch < 0:
@@ -63,12 +67,21 @@ class RoutingTable:
             raise RoutingError("retired: {version: reason}, both strings")
         if retired_live := {v for v in self.retired if self.weights.get(v, 0) > 0}:
             raise RoutingError(f"retired versions must have weight 0: {sorted(retired_live)}")
+        if any(not isinstance(v, str) or not isinstance(to, str) for v, to in self.moves.items()):
+            raise RoutingError("moves: {retired version: version its calls move to}, both strings")
+        if unretired := set(self.moves) - set(self.retired):
+            raise RoutingError(f"moves names versions that are not retired: {sorted(unretired)}")
+        if dead := {to for to in self.moves.values() if self.weights.get(to, 0) == 0}:
+            raise RoutingError(f"calls can only move to a version with weight > 0, not {sorted(dead)}")
         if any(":" not in t or not t.rsplit(":", 1)[1].isdigit() for t in self.targets.values()):
             raise RoutingError(f"targets: each is host:port, got {sorted(self.targets.values())}")
 
     def route(self, session_id: str, default_app: str) -> Route:
         """Version and application of a new session with this id."""
-        version = self.pick(session_id)
+        return self.route_to(self.pick(session_id), default_app)
+
+    def route_to(self, version: str, default_app: str) -> Route:
+        """Where calls on ``version`` go (its application and endpoint)."""
         return Route(version, self.apps.get(version, default_app), self.targets.get(version, ""))
 
     def pick(self, session_id: str) -> str:
@@ -89,6 +102,8 @@ class RoutingTable:
             doc["targets"] = dict(sorted(self.targets.items()))
         if self.retired:
             doc["retired"] = dict(sorted(self.retired.items()))
+        if self.moves:
+            doc["moves"] = dict(sorted(self.moves.items()))
         return json.dumps(doc)
 
     @classmethod
@@ -102,14 +117,16 @@ class RoutingTable:
         epoch = doc.get("epoch", 0)
         if not isinstance(epoch, int) or isinstance(epoch, bool):
             raise RoutingError(f"epoch must be an integer, got {epoch!r}")
-        apps, targets, retired = doc.get("apps", {}), doc.get("targets", {}), doc.get("retired", {})
-        if not all(isinstance(m, dict) for m in (apps, targets, retired)):
-            raise RoutingError("apps, targets and retired must be objects keyed by version")
-        return cls(epoch, dict(doc["weights"]), dict(apps), dict(targets), dict(retired))
+        maps = [doc.get(key, {}) for key in ("apps", "targets", "retired", "moves")]
+        if not all(isinstance(m, dict) for m in maps):
+            raise RoutingError("apps, targets, retired and moves must be objects keyed by version")
+        return cls(epoch, dict(doc["weights"]), *(dict(m) for m in maps))
 
-    def retire(self, version: str, reason: str) -> RoutingTable:
-        """The same table with ``version``'s live calls to be ended (its weight must be 0)."""
-        return replace(self, retired={**self.retired, version: reason})
+    def retire(self, version: str, reason: str, move_to: str = "") -> RoutingTable:
+        """The same table with ``version``'s live calls to be ended (its weight must be 0), or, with
+        ``move_to``, moved to that version."""
+        moves = {**self.moves, version: move_to} if move_to else self.moves
+        return replace(self, retired={**self.retired, version: reason}, moves=moves)
 
     def write(self, path: Path) -> None:
         """Replace ``path`` atomically (readers see the old table or the new one, never half)."""

@@ -45,12 +45,14 @@ class OpenSession(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., seed: _Optional[int] = ..., first_chunk_index: _Optional[int] = ..., first_media_start_unix_ms: _Optional[int] = ..., live_from_chunk_index: _Optional[int] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class CloseSession(_message.Message):
-    __slots__ = ("session_id", "reason")
+    __slots__ = ("session_id", "reason", "moved")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    MOVED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     reason: str
-    def __init__(self, session_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    moved: bool
+    def __init__(self, session_id: _Optional[str] = ..., reason: _Optional[str] = ..., moved: _Optional[bool] = ...) -> None: ...
 
 class ClientMessage(_message.Message):
     __slots__ = ("open", "chunk", "close")
