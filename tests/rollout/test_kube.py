@@ -154,6 +154,49 @@ async def test_a_rollout_materialises_the_candidate_routes_by_weight_and_retires
     assert body["status"]["conditions"][0]["status"] == "True"
 
 
+async def promote(
+    kmock, driver: KubeDriver, body: dict, fleet: Fleet, stable: str, candidate: str, t: float
+) -> float:
+    """Carry a rollout through to Succeeded (the candidate ready, healthy, the old version's calls gone)."""
+    await run(body, driver, fleet, t)
+    await set_ready(kmock, body["status"]["rayServices"][candidate])
+    await run(body, driver, fleet, t + 1)
+    await run(body, driver, fleet, t + 2, smoke=True)
+    for now in range(int(t) + 5, int(t) + 60, 3):
+        fleet.report(now, stable, sessions=0)
+        fleet.report(now, candidate, sessions=3, opened=1)
+        await run(body, driver, fleet, now)
+        if body["status"]["phase"] == "Succeeded":
+            return now
+    raise AssertionError(f"the rollout did not succeed: {body['status']['message']}")
+
+
+async def test_later_rollouts_copy_the_stable_version_and_never_bring_back_the_charts_name(kmock, driver):
+    """After the first rollout the chart's RayService is gone; the next rollout (a new CR) copies the
+    promoted version's RayService, and no version, not even the chart's first one, is given its name."""
+    v3 = "microturn-tiny-v3"
+    fleet = Fleet()
+    fleet.totals[v3] = [0, 0, 0]
+    t = await promote(kmock, driver, cr(), fleet, V1, V2, 0)
+    assert rayservice(kmock, BASE) is None and rayservice(kmock, f"{BASE}-{V2}") is not None
+    second = {"spec": {**cr()["spec"], "stable": V2, "candidate": v3, "checkpoint": "/models/v3.safetensors",
+                       "candidateSettings": {"tick_grace_ms": 30}}}  # fmt: skip
+    t = await promote(kmock, driver, second, fleet, V2, v3, t + 10)
+    assert (
+        second["status"]["rayServices"] == {v3: f"{BASE}-{v3}"} and rayservice(kmock, f"{BASE}-{V2}") is None
+    )
+    settings = yaml.safe_load(rayservice(kmock, f"{BASE}-{v3}")["spec"]["serveConfigV2"])
+    # the stable version's settings (v2's session_slots), then this rollout's own
+    assert settings["applications"][0]["args"]["settings"]["interaction"] == {
+        "session_slots": 16, "checkpoint": "/models/v3.safetensors", "tick_grace_ms": 30}  # fmt: skip
+    assert routing(kmock).targets == {v3: f"{BASE}-{v3}-grpc.{NS}.svc:9000"}
+    back = {"spec": {**cr()["spec"], "stable": v3, "candidate": V1}}  # back to the chart's first version
+    fleet.totals[V1] = [0, 0, 0]
+    await run(back, driver, fleet, t + 10)
+    assert back["status"]["rayServices"] == {v3: f"{BASE}-{v3}", V1: f"{BASE}-{V1}"}
+    assert rayservice(kmock, BASE) is None
+
+
 async def test_a_failing_candidate_goes_to_weight_zero_and_is_deleted_only_when_its_calls_end(kmock, driver):
     body, fleet = cr(steps=((50, 60, 1), (100, 60, 0))), Fleet()
     fleet.report(0, V1, sessions=6, opened=6)

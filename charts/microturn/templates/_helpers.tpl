@@ -145,6 +145,24 @@ lowercase, every character other than [a-z0-9-] replaced by "-", "-" trimmed fro
 microturn.io/model-version: {{ include "microturn.versionSlug" .Values.interaction.modelVersion | quote }}
 {{- end -}}
 
+{{/*
+"true" once a rollout has handed the interaction service over from the chart's RayService to one the
+rollout operator made (<rayServiceName>-<version slug>) and retired the chart's: then the chart does
+not render its RayService again (a helm upgrade would bring back the version that lost, beside the one
+serving every call). While the chart's RayService exists it is rendered (it may still have calls).
+`helm template` and --dry-run=client see no cluster: the RayService is rendered.
+*/}}
+{{- define "microturn.rayServiceHandedOver" -}}
+{{- if .Values.rollout.operator.enabled -}}
+{{- $name := include "microturn.rayServiceName" . -}}
+{{- if not (lookup "ray.io/v1" "RayService" .Release.Namespace $name) -}}
+{{- range (lookup "ray.io/v1" "RayService" .Release.Namespace "").items | default list -}}
+{{- if hasPrefix (printf "%s-" $name) .metadata.name -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The routing table's ConfigMap (rollout.routingConfigMap). */}}
 {{- define "microturn.routingConfigMapName" -}}
 {{- default (include "microturn.componentName" (dict "ctx" . "suffix" "routing")) .Values.rollout.routingConfigMap -}}

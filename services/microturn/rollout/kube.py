@@ -100,8 +100,19 @@ class KubeDriver:
     routing_configmap: str
     grpc_port: int = 9000
 
-    def rayservice_name(self, version: str, stable_at_start: str) -> str:
-        return self.base if version == stable_at_start else f"{self.base}-{slug(version)}"
+    def candidate_name(self, version: str) -> str:
+        """A new version's RayService: never the chart's name, so once a rollout retired the chart's
+        RayService the chart does not render it again (templates/interaction.yaml)."""
+        return f"{self.base}-{slug(version)}"
+
+    def stable_name(self, version: str) -> str:
+        """The RayService serving the stable ``version`` when a rollout starts: the chart's while it
+        exists and serves it (its version label, if it has one), else the one an earlier rollout made."""
+        base = self._get(self.base)
+        label = (base["metadata"].get("labels") or {}).get(VERSION_LABEL) if base is not None else None
+        return (
+            self.base if base is not None and label in (None, slug(version)) else self.candidate_name(version)
+        )
 
     def _get(self, name: str) -> dict[str, Any] | None:
         try:
@@ -119,15 +130,16 @@ class KubeDriver:
         conds = {c.get("type"): c.get("status") for c in st.get("conditions") or []}
         return conds.get("Ready") == "True" or st.get("serviceStatus") == "Running"
 
-    def ensure(self, name: str, version: str, spec: RolloutSpec) -> None:
-        """Create the candidate's RayService (a copy of the base one) and its gRPC Service."""
+    def ensure(self, name: str, version: str, spec: RolloutSpec, template: str) -> None:
+        """Create the candidate's RayService (a copy of ``template``, the stable version's) and its
+        gRPC Service."""
         if self._get(name) is None:
-            base = self._get(self.base)
-            if base is None:
+            stable = self._get(template)
+            if stable is None:
                 raise RuntimeError(
-                    f"RayService {self.base} (the stable version's) not found in {self.namespace}"
+                    f"RayService {template} (the stable version's) not found in {self.namespace}"
                 )
-            body = candidate_rayservice(base, name, version, spec)
+            body = candidate_rayservice(stable, name, version, spec)
             self.custom.create_namespaced_custom_object(*RAY[:2], self.namespace, RAY[2], body)
         service = grpc_service(name, version, self.grpc_port)
         try:
@@ -244,7 +256,8 @@ def reconcile(
         raise SpecError("spec.stable: the version the base RayService serves is required")
     status = store.status_from_doc(old) if old else initial(stable_at_start)
     names: dict[str, str] = dict(
-        (body.get("status") or {}).get("rayServices") or {stable_at_start: driver.base}
+        (body.get("status") or {}).get("rayServices")
+        or {stable_at_start: driver.stable_name(stable_at_start)}
     )
     spec = spec_from_cr(spec_doc)
     ready = {v: driver.ready(n) for v, n in names.items()}
@@ -253,8 +266,9 @@ def reconcile(
     events: list[RecordEvent] = []
     for a in actions:
         if isinstance(a, EnsureDeployment):
-            names[a.version] = driver.rayservice_name(a.version, stable_at_start)
-            driver.ensure(names[a.version], a.version, spec)
+            names[a.version] = driver.candidate_name(a.version)
+            template = names.get(status.stable) or driver.stable_name(status.stable)
+            driver.ensure(names[a.version], a.version, spec, template)
         elif isinstance(a, DeleteDeployment):
             if a.version in names:
                 driver.delete(names.pop(a.version))
