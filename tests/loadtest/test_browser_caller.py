@@ -84,13 +84,17 @@ def leftover_browsers() -> list[int]:
 
 class Responder:
     """Stands in for the model's voice on top of the real engine: once the caller's speech (loud
-    input) stops, or text is typed, the next output chunks play a spoken answer; loud input while
-    answering (a barge-in) silences it at once. So answers and yields are there to be measured."""
+    input) has stopped for ``end_chunks`` micro-turns, or text is typed, the next output chunks play a
+    spoken answer; loud input while answering (a barge-in) silences it at once. So answers and yields
+    are there to be measured. One quiet chunk is not the end of a turn: under load a chunk can hold
+    only the short pause between two words, and answering into it would run the answer into the
+    caller's next word with no silence between (the caller would hear no new onset)."""
 
-    def __init__(self, step, answer16k: np.ndarray) -> None:
+    def __init__(self, step, answer16k: np.ndarray, end_chunks: int = 2) -> None:
         self.step = step
         self.answer = answer16k
-        self.heard: dict[str, bool] = {}
+        self.end_chunks = end_chunks
+        self.quiet: dict[str, int | None] = {}  # quiet chunks since the caller's speech (None: none heard)
         self.pos: dict[str, int | None] = {}
         self.started: dict[str, int] = {}  # answers begun per session
 
@@ -101,11 +105,14 @@ class Responder:
 
     def _voice(self, out, chunk):
         sid, n = chunk.session_id, len(out.pcm)
+        quiet = self.quiet.get(sid)
         if float(np.sqrt(np.mean(chunk.pcm.astype(np.float64) ** 2))) > LOUD_RMS:
-            self.heard[sid], self.pos[sid] = True, None
-        elif self.heard.get(sid) or chunk.text:
-            self.heard[sid], self.pos[sid] = False, 0
+            self.quiet[sid], self.pos[sid] = 0, None
+        elif chunk.text or (quiet is not None and quiet + 1 >= self.end_chunks):
+            self.quiet[sid], self.pos[sid] = None, 0
             self.started[sid] = self.started.get(sid, 0) + 1
+        elif quiet is not None:
+            self.quiet[sid] = quiet + 1
         pos = self.pos.get(sid)
         pcm = np.zeros(n, np.int16)
         if pos is not None:
