@@ -71,7 +71,7 @@ down: install
 	$(VENV)/bin/microturn down
 
 test: install system-deps $(HELM)
-	HELM_BINARY=$(HELM) $(PY) -m pytest $(PYTEST_ARGS)
+	HELM_BINARY=$(HELM) $(PY) -m pytest --durations=30 $(PYTEST_ARGS)
 
 # helm lint --strict, helm template over charts/microturn/ci/*.yaml, every object validated by
 # kubernetes-validate (two Kubernetes versions) and the custom resources by the vendored CRDs.
