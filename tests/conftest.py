@@ -31,4 +31,22 @@ def secure_nats(tmp_path, passwords) -> Iterator[NatsServer]:
         yield server
 
 
+@pytest.fixture
+def spans():
+    """Every span this process finishes from now on, in memory (the global SDK provider gets one
+    more processor; OpenTelemetry lets a process set its provider only once)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        trace.set_tracer_provider(TracerProvider())
+    processor = SimpleSpanProcessor(exporter)
+    trace.get_tracer_provider().add_span_processor(processor)
+    yield exporter
+    exporter.shutdown()  # (a processor cannot be removed: a shut-down exporter drops what it gets)
+
+
 from .fuzzing import tally  # noqa: E402, F401  (the fuzz targets' shared fixture)

@@ -114,6 +114,12 @@ def cmd_rollout(ns: argparse.Namespace) -> int:
     return ns.rollout_fn(ns, _settings(ns))
 
 
+def cmd_trace(ns: argparse.Namespace) -> int:
+    from microturn.edge.trace_cli import run
+
+    return run(ns, _settings(ns))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="microturn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -158,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     from microturn.rollout.cli import add_parser as add_rollout_parser
 
     add_rollout_parser(sub).set_defaults(fn=cmd_rollout)
+    from microturn.edge.trace_cli import add_parser as add_trace_parser
+
+    add_trace_parser(sub).set_defaults(fn=cmd_trace)
     sub.add_parser(
         "loadtest", help="load tests: run, merge, report, calibrate, k8s (see microturn loadtest --help)"
     )

@@ -8,9 +8,6 @@ import asyncio
 import pytest
 from background_helpers import Stack, collect, collect_many, kinds, make_settings, request
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from microturn.background import BackgroundService, DelegationContext
 from microturn.bus import Bus, CancelReason, DelegationClient, subjects
@@ -141,19 +138,8 @@ async def test_deadline_is_enforced(slow_stack):
     assert got[-1].error.code == ErrorCode.DELEGATION_ERROR_CODE_DEADLINE_EXCEEDED
 
 
-def memory_exporter() -> InMemorySpanExporter:
-    exporter = InMemorySpanExporter()
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    provider = trace.get_tracer_provider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return exporter
-
-
-async def test_spans_link_a_delegation_to_its_tool_calls(nats_server):
-    exporter = memory_exporter()
+async def test_spans_link_a_delegation_to_its_tool_calls(nats_server, spans):
+    exporter = spans
     settings = make_settings(nats_server.url)
     tools, background = ToolsService(settings), BackgroundService(settings)
     await tools.start()

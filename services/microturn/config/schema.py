@@ -22,7 +22,7 @@ from microturn.config.settings import Settings
 PREFIX = "Microturn"
 ROOT = f"{PREFIX}Settings"
 # Settings a chart sets from Secrets (not SecretStr-typed, so named here).
-SECRET_FIELDS = {"token_secret"}
+SECRET_FIELDS = {"token_secret", "debug_token"}
 
 
 def _is_secret(prop: dict[str, Any]) -> bool:

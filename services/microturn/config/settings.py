@@ -349,6 +349,12 @@ class EdgeSettings(_Section):
         None, description="HMAC key of session tokens; unset: random per process"
     )
     token_ttl_s: float = Field(300.0, gt=0, le=86_400, description="a session token is valid this long")
+    debug_token: str | None = Field(
+        None,
+        min_length=16,
+        description="bearer token that reads any call's latency waterfall (/api/sessions/{id}/timing, "
+        "`microturn trace`); unset: only each call's own token reads its own",
+    )
     open_retry_s: float = Field(
         60.0,
         ge=0,
@@ -447,6 +453,12 @@ class TelemetrySettings(_Section):
 
     traces: Literal["off", "console", "otlp"] = "off"
     otlp_endpoint: str | None = Field(None, description="OTLP gRPC endpoint; setting it turns on OTLP export")
+    trace_sample_ratio: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="share of new calls traced (a call is traced whole or not at all; error spans always are)",
+    )
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port; 0: none")
     local_metrics_base_port: Port = Field(

@@ -4,6 +4,7 @@ metrics, and the browser client. See docs/EDGE.md for the contract."""
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from microturn.config import Settings
+from microturn.edge.call_trace import waterfall
 from microturn.edge.peer import EdgeSession, NoCandidates
 from microturn.edge.sdp import SdpError, parse_offer
 from microturn.edge.server import EdgeFull, EdgeServer
@@ -166,6 +168,21 @@ def create_app(
         authorized(session_id, authorization, check_expiry=False)  # hanging up a long call works
         await edge.close(session_id, "closed by the client")
         return Response(status_code=204)
+
+    @app.get("/api/sessions/{session_id}/timing")
+    async def timing(session_id: str, authorization: str | None = Header(None)) -> dict[str, object]:
+        """The call's latency waterfall: its last minute of micro-turns, hop by hop (the session's own
+        token, or ``edge.debug_token`` for an operator: ``microturn trace``)."""
+        debug = settings.edge.debug_token
+        if debug and hmac.compare_digest((_bearer(authorization) or "").encode(), debug.encode()):
+            session = edge.sessions.get(session_id)
+            if session is None:
+                raise HTTPException(404, f"unknown session {session_id} (closed or reaped)")
+        else:
+            session = authorized(session_id, authorization, check_expiry=False)
+        return {"session_id": session_id, "model_version": session.route.version or (
+            session.grpc.accepted.model_version if session.grpc and session.grpc.accepted else ""),
+            **waterfall(list(session.waterfall))}  # fmt: skip
 
     @app.get("/healthz", response_class=PlainTextResponse)
     async def healthz() -> str:

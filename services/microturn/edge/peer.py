@@ -33,6 +33,8 @@ from aiortc.mediastreams import MediaStreamError
 from opentelemetry import metrics
 
 from microturn.config import Settings
+from microturn.edge.call_metrics import NO_METRICS, CallMetrics
+from microturn.edge.call_trace import CallTrace, TurnTiming
 from microturn.edge.chunker import AudioChunker
 from microturn.edge.events import (
     BAD_MESSAGE,
@@ -68,6 +70,7 @@ class EdgeSession:
         channel: grpc.aio.Channel,
         client_errors: ClientErrors | None = None,
         route: Route | None = None,
+        call_metrics: CallMetrics | None = None,
     ) -> None:
         self.session_id = session_id
         # the model version and Serve application of this call, for its whole life
@@ -79,6 +82,10 @@ class EdgeSession:
             metrics.NoOpMeter("microturn.edge"), self.cfg.client_error_log_interval_s
         )
         self.limits = settings.limits
+        self.metrics = call_metrics or NO_METRICS  # the process's (EdgeServer's)
+        # the last minute of micro-turns: where each one's time went (``microturn trace``)
+        self.waterfall: deque[TurnTiming] = deque(maxlen=300)
+        self._last_output: float | None = None
         # Both sides of this call use the same servers (TURN credentials are per session).
         self.ice_servers = session_ice_servers(self.cfg, session_id)
         self.channel = channel
@@ -94,6 +101,7 @@ class EdgeSession:
         self.typed: list[str] = []
         self.channel_out = None  # the "events" data channel
         self.grpc: InteractionSession | None = None
+        self.trace: CallTrace | None = None  # the call's spans (from when its stream opens)
         self.t0_ms: int | None = None
         self.chunks_sent = 0
         self.video_frames_seen = 0
@@ -222,6 +230,7 @@ class EdgeSession:
 
     async def _open_stream(self) -> bool:
         assert self.t0_ms is not None
+        self.trace = CallTrace(self.session_id, self.route.version)
         self.grpc = InteractionSession(
             self.channel,
             self.route.app,
@@ -231,6 +240,7 @@ class EdgeSession:
             t0_ms=self.t0_ms,
             chunk_ms=self.limits.chunk_ms,
             hop="edge",
+            trace_context=self.trace.carrier(),
         )
         deadline = time.monotonic() + self.cfg.open_retry_s
         backoff = 0.5
@@ -271,6 +281,8 @@ class EdgeSession:
                                 frames=list(self.frames), typed=self.typed)  # fmt: skip
             self.frames.clear()
             self.typed = []
+            if self.trace is not None:
+                self.trace.chunk_sent(chunk.header)
             await self.grpc.send(chunk)
             self.chunks_sent += 1
             k += 1
@@ -283,15 +295,32 @@ class EdgeSession:
             except SessionClosed:
                 return
             if self.grpc.recoveries > self._recoveries_reported:
+                for _ in range(self.grpc.recoveries - self._recoveries_reported):
+                    self.metrics.recovered()
                 self._recoveries_reported = self.grpc.recoveries
                 self.send_event(state_event("live", f"recovered on replica {self.grpc.accepted.replica_id}"))
             kind = msg.WhichOneof("kind")
             if kind == "chunk":
+                self._measure(msg.chunk)
                 self.playout.push(msg.chunk.audio.pcm_s16le)
                 for event in output_events(msg.chunk):
                     self.send_event(event)
             elif kind == "error":
                 self.send_event(error_event(msg.error))
+
+    def _measure(self, out: media_pb2.OutputChunk) -> None:
+        """One micro-turn back: its span ends, its hops and the gap since the last output are
+        recorded, and its timing joins the call's waterfall."""
+        now = time.monotonic()
+        if self._last_output is not None:
+            self.metrics.gap((now - self._last_output) * 1000)
+        self._last_output = now
+        if self.trace is None:
+            return
+        spans = self.trace.output(out)
+        if spans:
+            self.metrics.turn(spans, out.model_version)
+            self.waterfall.append(TurnTiming.of(out, spans, self.playout.buffered_ms))
 
     def move_to(self, route: Route, channel: grpc.aio.Channel, why: str) -> None:
         """Carry on on another model version (``route``): a rollout retired this call's version and
@@ -306,14 +335,26 @@ class EdgeSession:
     # -- out -----------------------------------------------------------------------------------
     def send_event(self, event: dict[str, Any]) -> None:
         if event.get("type") == "error":
-            self.client_errors.report(str(event.get("code")), str(event.get("message", "")), self.session_id)
+            code, message = str(event.get("code")), str(event.get("message", ""))
+            self.client_errors.report(code, message, self.session_id)
+            if self.trace is not None:
+                self.trace.error(code, message)
         ch = self.channel_out
         if ch is not None and ch.readyState == "open":
             ch.send(json.dumps(event))
 
     def _spawn(self, coro, name: str) -> None:
         task = asyncio.create_task(coro, name=f"{name}-{self.session_id}")
+        task.add_done_callback(self._task_done)
         self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """A task of the call failed (a bug): say so and end the call, rather than leave it mute."""
+        if task.cancelled() or task.exception() is None or self.closed:
+            return
+        log.error("session task %s failed", task.get_name(), exc_info=task.exception())
+        self.send_event({"type": "error", "code": "INTERNAL", "message": f"{task.get_name()} failed"})
+        self._tasks.append(asyncio.create_task(self.close("internal error"), name=f"close-{self.session_id}"))
 
     @property
     def closed(self) -> bool:
@@ -347,6 +388,8 @@ class EdgeSession:
                     await task
         if self.grpc is not None:
             self.grpc.cancel()
+        if self.trace is not None:
+            self.trace.end(reason)
         self.playout.stop()
         if self.pc is not None:
             with contextlib.suppress(Exception):

@@ -14,6 +14,7 @@ from opentelemetry import metrics
 from opentelemetry.metrics import Observation
 
 from microturn.config import Settings
+from microturn.edge.call_metrics import CallMetrics
 from microturn.edge.deletion_cost import DeletionCost
 from microturn.edge.events import ClientErrors
 from microturn.edge.ice import pin_host_candidates, use_port_range
@@ -43,6 +44,7 @@ class EdgeServer:
         use_port_range(self.cfg.ice_port_min, self.cfg.ice_port_max)  # unset: aioice's own binding
         meter = (meter_provider or metrics.get_meter_provider()).get_meter("microturn.edge")
         self.client_errors = ClientErrors(meter, self.cfg.client_error_log_interval_s)
+        self.call_metrics = CallMetrics(meter)
         self.routing = RoutingWatcher(
             self.cfg.routing_file, settings.interaction.app_name, meter, self.cfg.routing_poll_s
         )
@@ -92,7 +94,7 @@ class EdgeServer:
         route = self.routing.route(session_id)
         session = EdgeSession(
             session_id, self.settings, self._channel_for(route.target), client_errors=self.client_errors,
-            route=route,
+            route=route, call_metrics=self.call_metrics,
         )  # fmt: skip
         self.sessions[session_id] = session
         token, expires = self.tokens.issue(session_id)

@@ -67,6 +67,7 @@ class InteractionSession:
         stall_timeout_s: float = 2.0,
         open_timeout_s: float = 1.0,
         hop: str = "client",
+        trace_context: dict[str, str] | None = None,
     ) -> None:
         """``window_chunks``: answered chunks kept for a replay (default: the replica's
         ``resume_span_chunks``, the fewest an exact rebuild needs). ``stall_timeout_s``: with chunks in
@@ -82,6 +83,8 @@ class InteractionSession:
         self.stall_timeout_s = stall_timeout_s
         self.open_timeout_s = open_timeout_s
         self.hop = hop
+        # the caller's session span (telemetry.tracing.carrier): every stream of the session joins it
+        self.trace_context = dict(trace_context or {})
         self.window: OrderedDict[int, media_pb2.InputChunk] = OrderedDict()
         self.next_index = 0  # next chunk to send
         self.answered = -1  # last chunk with an output
@@ -124,7 +127,8 @@ class InteractionSession:
         """A new stream: OpenSession, the replay, then every chunk not yet answered. The caller registers
         the call right away (no await in between), so the chunks ``send`` adds later reach it too.
         ``owner``: the replica to try first (the one that held the session), None: the least loaded."""
-        call = self.stub.Converse(metadata=stream_metadata(self.app_name, self.session_id, owner))
+        metadata = stream_metadata(self.app_name, self.session_id, owner) + tuple(self.trace_context.items())
+        call = self.stub.Converse(metadata=metadata)
         await call.write(
             interaction_pb2.ClientMessage(
                 open=interaction_pb2.OpenSession(
@@ -134,6 +138,7 @@ class InteractionSession:
                     first_media_start_unix_ms=self.t0_ms + first * self.chunk_ms,
                     live_from_chunk_index=live_from,
                     model_version=self.model_version,
+                    trace_context=self.trace_context,
                 )
             )
         )

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.trace import Link
 
 from microturn.bus import subjects
 from microturn.config import Settings
@@ -45,12 +46,12 @@ from microturn.interaction import resume
 from microturn.interaction.bridge import DelegationBridge, update_card, update_text
 from microturn.interaction.errors import Code, StreamError
 from microturn.interaction.model_loader import load_model, resolve_device
-from microturn.interaction.session import PendingUpdate, Session
+from microturn.interaction.session import Arrival, PendingUpdate, Session
 from microturn.interaction.stats import ReplicaStats
 from microturn.model import InteractionModel
 from microturn.protocol.chunks import validate_session_id
 from microturn.protocol.clock import ChunkClock, now_unix_ms, now_unix_us
-from microturn.telemetry import RateLimitedLog, log_context, session_attributes
+from microturn.telemetry import RateLimitedLog, log_context, session_attributes, tracing
 from microturn.v1 import chunk_pb2, delegation_pb2, interaction_pb2, media_pb2
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ class InteractionCore:
         self._work = asyncio.Event()  # set when a rebuild is waiting for spare time
         self._errlog = RateLimitedLog(log)
         self._tracer = trace.get_tracer("microturn.interaction")
+        self._span_attrs = {"replica": replica_id, "model.version": self.engine.model_version}
         self._instruments(meter_provider or metrics.get_meter_provider())
 
     # -- metrics -------------------------------------------------------------------------------
@@ -412,8 +414,11 @@ class InteractionCore:
         )
         assert self._lock is not None
         with self._tracer.start_as_current_span(
-            "open", attributes=session_attributes(sid, op.first_chunk_index)
-        ):
+            "interaction.open",
+            context=tracing.context_from(op.trace_context),
+            attributes={**session_attributes(sid, op.first_chunk_index), **self._span_attrs,
+                        "session.replay_chunks": op.live_from_chunk_index - op.first_chunk_index},
+        ):  # fmt: skip
             if replay:
                 session.rebuild = await self._read_replay(session, requests)
             raced = self.sessions.get(sid)
@@ -524,7 +529,8 @@ class InteractionCore:
                     if problem is not None:
                         problem.message += "; the model hears silence for this micro-turn"
                         self._send_error(session, problem)
-                    for dropped in session.accept(chunk, now_unix_us()):
+                    traced = tracing.span_context_from(msg.chunk.header.trace_context)
+                    for dropped in session.accept(chunk, now_unix_us(), traced):
                         self._m_dropped.add(1, {"reason": "backlog", **self._attrs})
                         self._send_error(session, dropped)
                 elif kind == "close":  # moved: it goes on elsewhere, and so do its delegations
@@ -687,7 +693,11 @@ class InteractionCore:
             fed.append(updates)
         inputs = [chunk for _, chunk in batch]
         assert self._lock is not None
-        with self._tracer.start_as_current_span("tick", attributes={"batch.size": len(inputs)}):
+        links = [Link(a.trace, session_attributes(s.session_id, c.chunk_index))
+                 for s, c in batch if (a := s.received.get(c.chunk_index)) is not None and a.trace is not None]  # fmt: skip
+        with self._tracer.start_as_current_span(
+            "interaction.tick", attributes={"batch.size": len(inputs), **self._span_attrs}, links=links
+        ) as tick_span:
             t = time.perf_counter_ns()
             async with self._lock:
                 results = await asyncio.get_running_loop().run_in_executor(self._executor, self._step, inputs)
@@ -729,18 +739,37 @@ class InteractionCore:
                 engine_us=min(engine_us, 2**32 - 1),
                 resume=resume.to_proto(out.resume),
             )
-            with log_context(session_id=s.session_id, chunk_index=k):
-                self._events(s, k, out.events, updates, msg)
-            s.note(delegation_pb2.SPEAKER_MODEL, out.text, k)
-            received = s.received.pop(k, None)
-            if received is not None:
-                msg.header.hops.add(hop="interaction-recv", sent_unix_us=received)
-            msg.header.hops.add(hop="interaction", sent_unix_us=now_unix_us())
-            st.outputs += 1
-            s.send(interaction_pb2.ServerMessage(chunk=msg))
+            arrival = s.received.pop(k, None)
+            span = self._chunk_span(s, k, arrival, tick_span, engine_us)
+            in_span = trace.use_span(span, end_on_exit=True) if span is not None else contextlib.nullcontext()
+            with in_span, log_context(session_id=s.session_id, chunk_index=k):
+                self._events(
+                    s, k, out.events, updates, msg
+                )  # (a delegation opened here is this span's child)
+                s.note(delegation_pb2.SPEAKER_MODEL, out.text, k)
+                if arrival is not None:
+                    msg.header.hops.add(hop="interaction-recv", sent_unix_us=arrival.received_us)
+                msg.header.hops.add(hop="interaction", sent_unix_us=now_unix_us())
+                st.outputs += 1
+                s.send(interaction_pb2.ServerMessage(chunk=msg))
             for u in updates:
                 if u.ack is not None:
                     self._spawn(u.ack())
+
+    def _chunk_span(
+        self, s: Session, k: int, arrival: Arrival | None, tick: trace.Span, engine_us: int
+    ) -> trace.Span | None:
+        """This micro-turn on this replica, in the call's trace, from the chunk's arrival to its output
+        (linked to the tick that computed it); None for a chunk that came without a trace context."""
+        if arrival is None or arrival.trace is None:
+            return None
+        return self._tracer.start_span(
+            "interaction.chunk",
+            context=tracing.parent(arrival.trace),
+            attributes={**session_attributes(s.session_id, k), **self._span_attrs, "engine.us": engine_us},
+            links=[Link(tick.get_span_context())],
+            start_time=arrival.received_us * 1000,
+        )
 
     def _events(
         self, s: Session, k: int, events, updates: list[PendingUpdate], msg: media_pb2.OutputChunk

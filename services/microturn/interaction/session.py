@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
+from opentelemetry.trace import SpanContext
 
 from microturn.config import LimitsSettings
 from microturn.engine import ChunkInput, ResumePoint
@@ -25,6 +27,13 @@ from microturn.interaction.errors import Code, StreamError
 from microturn.v1 import delegation_pb2, interaction_pb2, media_pb2
 
 BYTES_PER_SAMPLE = 2
+
+
+class Arrival(NamedTuple):
+    """How a live chunk arrived: when, and under which of the sender's spans (None: untraced)."""
+
+    received_us: int
+    trace: SpanContext | None = None
 
 
 @dataclass
@@ -56,8 +65,9 @@ class Session:
     cards: deque[media_pb2.UiCard] = field(default_factory=deque)
     detached_at: float | None = None
     closed: bool = False
-    # chunk index -> receive time (us) of live chunks, stamped on their output for latency accounting
-    received: dict[int, int] = field(default_factory=dict)
+    # chunk index -> how live chunks arrived: receive time (stamped on their output for latency
+    # accounting) and the sender's span for that micro-turn (the replica's spans join its trace)
+    received: dict[int, Arrival] = field(default_factory=dict)
     # a session being rebuilt from a replay: the (chunk, resume point) items still to force, the last one
     rebuild: deque[tuple[ChunkInput, ResumePoint]] = field(default_factory=deque)
     rebuild_last: ResumePoint | None = None
@@ -173,12 +183,14 @@ class Session:
                 retry_after_ms=ms,
             )
 
-    def accept(self, chunk: ChunkInput, received_us: int) -> list[StreamError]:
+    def accept(
+        self, chunk: ChunkInput, received_us: int, trace: SpanContext | None = None
+    ) -> list[StreamError]:
         """Queue a checked live chunk (any index after the last one: a gap skips micro-turns); returns
         a DROPPED error for each queued chunk the backlog limit pushed out."""
         k = chunk.chunk_index
         self.pending.append(chunk)
-        self.received[k] = received_us
+        self.received[k] = Arrival(received_us, trace)
         self.next_index = k + 1
         for t in chunk.text:
             self.note(delegation_pb2.SPEAKER_USER, t, k, typed=True)

@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from microturn.config import TelemetrySettings
+from microturn.telemetry.tracing import sampler
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def setup_telemetry(service: str, settings: TelemetrySettings) -> Telemetry:
             return _current
         resource = Resource.create({"service.name": service, "service.namespace": "microturn"})
 
-        tracer_provider = TracerProvider(resource=resource)
+        tracer_provider = TracerProvider(resource=resource, sampler=sampler(settings.trace_sample_ratio))
         if settings.otlp_endpoint:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 

@@ -24,15 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18microturn/v1/chunk.proto\x12\x0cmicroturn.v1\"-\n\x08HopStamp\x12\x0b\n\x03hop\x18\x01 \x01(\t\x12\x14\n\x0csent_unix_us\x18\x02 \x01(\x03\"\x8e\x01\n\x0b\x43hunkHeader\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x02 \x01(\x04\x12\x1b\n\x13media_start_unix_ms\x18\x03 \x01(\x03\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\r\x12$\n\x04hops\x18\x05 \x03(\x0b\x32\x16.microturn.v1.HopStampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18microturn/v1/chunk.proto\x12\x0cmicroturn.v1\"-\n\x08HopStamp\x12\x0b\n\x03hop\x18\x01 \x01(\t\x12\x14\n\x0csent_unix_us\x18\x02 \x01(\x03\"\x87\x02\n\x0b\x43hunkHeader\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x02 \x01(\x04\x12\x1b\n\x13media_start_unix_ms\x18\x03 \x01(\x03\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\r\x12$\n\x04hops\x18\x05 \x03(\x0b\x32\x16.microturn.v1.HopStamp\x12\x42\n\rtrace_context\x18\x06 \x03(\x0b\x32+.microturn.v1.ChunkHeader.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'microturn.v1.chunk_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_CHUNKHEADER_TRACECONTEXTENTRY']._loaded_options = None
+  _globals['_CHUNKHEADER_TRACECONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_HOPSTAMP']._serialized_start=42
   _globals['_HOPSTAMP']._serialized_end=87
   _globals['_CHUNKHEADER']._serialized_start=90
-  _globals['_CHUNKHEADER']._serialized_end=232
+  _globals['_CHUNKHEADER']._serialized_end=353
+  _globals['_CHUNKHEADER_TRACECONTEXTENTRY']._serialized_start=302
+  _globals['_CHUNKHEADER_TRACECONTEXTENTRY']._serialized_end=353
 # @@protoc_insertion_point(module_scope)

@@ -25,29 +25,33 @@ _sym_db = _symbol_database.Default()
 from microturn.v1 import media_pb2 as microturn_dot_v1_dot_media__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emicroturn/v1/interaction.proto\x12\x0cmicroturn.v1\x1a\x18microturn/v1/media.proto\"\xa3\x01\n\x0bOpenSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04seed\x18\x02 \x01(\x04\x12\x19\n\x11\x66irst_chunk_index\x18\x03 \x01(\x04\x12!\n\x19\x66irst_media_start_unix_ms\x18\x04 \x01(\x03\x12\x1d\n\x15live_from_chunk_index\x18\x05 \x01(\x04\x12\x15\n\rmodel_version\x18\x06 \x01(\t\"A\n\x0c\x43loseSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05moved\x18\x03 \x01(\x08\"\x9a\x01\n\rClientMessage\x12)\n\x04open\x18\x01 \x01(\x0b\x32\x19.microturn.v1.OpenSessionH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.microturn.v1.InputChunkH\x00\x12+\n\x05\x63lose\x18\x03 \x01(\x0b\x32\x1a.microturn.v1.CloseSessionH\x00\x42\x06\n\x04kind\"\xaa\x01\n\rSessionLimits\x12\x10\n\x08\x63hunk_ms\x18\x01 \x01(\r\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\r\x12\"\n\x1amax_video_frames_per_chunk\x18\x03 \x01(\r\x12\x13\n\x0bvideo_width\x18\x04 \x01(\r\x12\x14\n\x0cvideo_height\x18\x05 \x01(\r\x12 \n\x18max_text_bytes_per_chunk\x18\x06 \x01(\r\"\x99\x01\n\x0fSessionAccepted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nreplica_id\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12+\n\x06limits\x18\x04 \x01(\x0b\x32\x1b.microturn.v1.SessionLimits\x12\x1a\n\x12resume_span_chunks\x18\x05 \x01(\r\"\x93\x01\n\x05\x45rror\x12%\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x17.microturn.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x04 \x01(\x04\x12\x11\n\tretryable\x18\x05 \x01(\x08\x12\x16\n\x0eretry_after_ms\x18\x06 \x01(\r\"\x9c\x01\n\rServerMessage\x12\x31\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x1d.microturn.v1.SessionAcceptedH\x00\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.microturn.v1.OutputChunkH\x00\x12$\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x13.microturn.v1.ErrorH\x00\x42\x06\n\x04kind*\x83\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45RROR_CODE_UNKNOWN_SESSION\x10\x01\x12\x1c\n\x18\x45RROR_CODE_OVER_CAPACITY\x10\x02\x12\x1c\n\x18\x45RROR_CODE_INVALID_CHUNK\x10\x03\x12\x1b\n\x17\x45RROR_CODE_OUT_OF_ORDER\x10\x04\x12\x17\n\x13\x45RROR_CODE_PROTOCOL\x10\x05\x12\x17\n\x13\x45RROR_CODE_DRAINING\x10\x06\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\x07\x12\x16\n\x12\x45RROR_CODE_DROPPED\x10\x08\x32W\n\x0bInteraction\x12H\n\x08\x43onverse\x12\x1b.microturn.v1.ClientMessage\x1a\x1b.microturn.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emicroturn/v1/interaction.proto\x12\x0cmicroturn.v1\x1a\x18microturn/v1/media.proto\"\x9c\x02\n\x0bOpenSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0c\n\x04seed\x18\x02 \x01(\x04\x12\x19\n\x11\x66irst_chunk_index\x18\x03 \x01(\x04\x12!\n\x19\x66irst_media_start_unix_ms\x18\x04 \x01(\x03\x12\x1d\n\x15live_from_chunk_index\x18\x05 \x01(\x04\x12\x15\n\rmodel_version\x18\x06 \x01(\t\x12\x42\n\rtrace_context\x18\x07 \x03(\x0b\x32+.microturn.v1.OpenSession.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\x0c\x43loseSession\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05moved\x18\x03 \x01(\x08\"\x9a\x01\n\rClientMessage\x12)\n\x04open\x18\x01 \x01(\x0b\x32\x19.microturn.v1.OpenSessionH\x00\x12)\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x18.microturn.v1.InputChunkH\x00\x12+\n\x05\x63lose\x18\x03 \x01(\x0b\x32\x1a.microturn.v1.CloseSessionH\x00\x42\x06\n\x04kind\"\xaa\x01\n\rSessionLimits\x12\x10\n\x08\x63hunk_ms\x18\x01 \x01(\r\x12\x16\n\x0esample_rate_hz\x18\x02 \x01(\r\x12\"\n\x1amax_video_frames_per_chunk\x18\x03 \x01(\r\x12\x13\n\x0bvideo_width\x18\x04 \x01(\r\x12\x14\n\x0cvideo_height\x18\x05 \x01(\r\x12 \n\x18max_text_bytes_per_chunk\x18\x06 \x01(\r\"\x99\x01\n\x0fSessionAccepted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nreplica_id\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12+\n\x06limits\x18\x04 \x01(\x0b\x32\x1b.microturn.v1.SessionLimits\x12\x1a\n\x12resume_span_chunks\x18\x05 \x01(\r\"\x93\x01\n\x05\x45rror\x12%\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x17.microturn.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x13\n\x0b\x63hunk_index\x18\x04 \x01(\x04\x12\x11\n\tretryable\x18\x05 \x01(\x08\x12\x16\n\x0eretry_after_ms\x18\x06 \x01(\r\"\x9c\x01\n\rServerMessage\x12\x31\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x1d.microturn.v1.SessionAcceptedH\x00\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.microturn.v1.OutputChunkH\x00\x12$\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x13.microturn.v1.ErrorH\x00\x42\x06\n\x04kind*\x83\x02\n\tErrorCode\x12\x1a\n\x16\x45RROR_CODE_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x45RROR_CODE_UNKNOWN_SESSION\x10\x01\x12\x1c\n\x18\x45RROR_CODE_OVER_CAPACITY\x10\x02\x12\x1c\n\x18\x45RROR_CODE_INVALID_CHUNK\x10\x03\x12\x1b\n\x17\x45RROR_CODE_OUT_OF_ORDER\x10\x04\x12\x17\n\x13\x45RROR_CODE_PROTOCOL\x10\x05\x12\x17\n\x13\x45RROR_CODE_DRAINING\x10\x06\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\x07\x12\x16\n\x12\x45RROR_CODE_DROPPED\x10\x08\x32W\n\x0bInteraction\x12H\n\x08\x43onverse\x12\x1b.microturn.v1.ClientMessage\x1a\x1b.microturn.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'microturn.v1.interaction_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERRORCODE']._serialized_start=1103
-  _globals['_ERRORCODE']._serialized_end=1362
+  _globals['_OPENSESSION_TRACECONTEXTENTRY']._loaded_options = None
+  _globals['_OPENSESSION_TRACECONTEXTENTRY']._serialized_options = b'8\001'
+  _globals['_ERRORCODE']._serialized_start=1224
+  _globals['_ERRORCODE']._serialized_end=1483
   _globals['_OPENSESSION']._serialized_start=75
-  _globals['_OPENSESSION']._serialized_end=238
-  _globals['_CLOSESESSION']._serialized_start=240
-  _globals['_CLOSESESSION']._serialized_end=305
-  _globals['_CLIENTMESSAGE']._serialized_start=308
-  _globals['_CLIENTMESSAGE']._serialized_end=462
-  _globals['_SESSIONLIMITS']._serialized_start=465
-  _globals['_SESSIONLIMITS']._serialized_end=635
-  _globals['_SESSIONACCEPTED']._serialized_start=638
-  _globals['_SESSIONACCEPTED']._serialized_end=791
-  _globals['_ERROR']._serialized_start=794
-  _globals['_ERROR']._serialized_end=941
-  _globals['_SERVERMESSAGE']._serialized_start=944
-  _globals['_SERVERMESSAGE']._serialized_end=1100
-  _globals['_INTERACTION']._serialized_start=1364
-  _globals['_INTERACTION']._serialized_end=1451
+  _globals['_OPENSESSION']._serialized_end=359
+  _globals['_OPENSESSION_TRACECONTEXTENTRY']._serialized_start=308
+  _globals['_OPENSESSION_TRACECONTEXTENTRY']._serialized_end=359
+  _globals['_CLOSESESSION']._serialized_start=361
+  _globals['_CLOSESESSION']._serialized_end=426
+  _globals['_CLIENTMESSAGE']._serialized_start=429
+  _globals['_CLIENTMESSAGE']._serialized_end=583
+  _globals['_SESSIONLIMITS']._serialized_start=586
+  _globals['_SESSIONLIMITS']._serialized_end=756
+  _globals['_SESSIONACCEPTED']._serialized_start=759
+  _globals['_SESSIONACCEPTED']._serialized_end=912
+  _globals['_ERROR']._serialized_start=915
+  _globals['_ERROR']._serialized_end=1062
+  _globals['_SERVERMESSAGE']._serialized_start=1065
+  _globals['_SERVERMESSAGE']._serialized_end=1221
+  _globals['_INTERACTION']._serialized_start=1485
+  _globals['_INTERACTION']._serialized_end=1572
 # @@protoc_insertion_point(module_scope)

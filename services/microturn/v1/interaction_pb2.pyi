@@ -1,4 +1,5 @@
 from microturn.v1 import media_pb2 as _media_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -29,20 +30,29 @@ ERROR_CODE_INTERNAL: ErrorCode
 ERROR_CODE_DROPPED: ErrorCode
 
 class OpenSession(_message.Message):
-    __slots__ = ("session_id", "seed", "first_chunk_index", "first_media_start_unix_ms", "live_from_chunk_index", "model_version")
+    __slots__ = ("session_id", "seed", "first_chunk_index", "first_media_start_unix_ms", "live_from_chunk_index", "model_version", "trace_context")
+    class TraceContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     FIRST_CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
     FIRST_MEDIA_START_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     LIVE_FROM_CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     seed: int
     first_chunk_index: int
     first_media_start_unix_ms: int
     live_from_chunk_index: int
     model_version: str
-    def __init__(self, session_id: _Optional[str] = ..., seed: _Optional[int] = ..., first_chunk_index: _Optional[int] = ..., first_media_start_unix_ms: _Optional[int] = ..., live_from_chunk_index: _Optional[int] = ..., model_version: _Optional[str] = ...) -> None: ...
+    trace_context: _containers.ScalarMap[str, str]
+    def __init__(self, session_id: _Optional[str] = ..., seed: _Optional[int] = ..., first_chunk_index: _Optional[int] = ..., first_media_start_unix_ms: _Optional[int] = ..., live_from_chunk_index: _Optional[int] = ..., model_version: _Optional[str] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class CloseSession(_message.Message):
     __slots__ = ("session_id", "reason", "moved")
