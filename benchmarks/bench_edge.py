@@ -27,6 +27,7 @@ import numpy as np
 import psutil
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from microturn.edge.jitter import set_audio_prefetch
 from microturn.localrun.ports import free_port
 from microturn.v1 import interaction_pb2, interaction_pb2_grpc, media_pb2
 
@@ -84,8 +85,9 @@ class MarkerMic(MediaStreamTrack):
 
 
 class Caller:
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, prefetch: int) -> None:
         self.base = base
+        self.prefetch = prefetch  # this client's own inbound jitter buffer (frames)
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.mic = MarkerMic()
         self.arrivals: list[float] = []
@@ -103,6 +105,7 @@ class Caller:
                             json={"sdp": self.pc.localDescription.sdp, "type": "offer"})  # fmt: skip
         r.raise_for_status()
         await self.pc.setRemoteDescription(RTCSessionDescription(**r.json()))
+        set_audio_prefetch(self.pc, self.prefetch)
 
     async def _listen(self, track: MediaStreamTrack) -> None:
         while True:
@@ -138,8 +141,10 @@ class Caller:
         return list(np.abs(dev) * 1000)
 
 
-async def run_level(base: str, edge: psutil.Process, n: int, seconds: float) -> dict[str, float]:
-    callers = [Caller(base) for _ in range(n)]
+async def run_level(
+    base: str, edge: psutil.Process, n: int, seconds: float, prefetch: int
+) -> dict[str, float]:
+    callers = [Caller(base, prefetch) for _ in range(n)]
     async with httpx.AsyncClient(timeout=30) as http:
         await asyncio.gather(*(c.call(http) for c in callers))
         await asyncio.sleep(2.0)  # warm up
@@ -161,7 +166,9 @@ async def run_level(base: str, edge: psutil.Process, n: int, seconds: float) -> 
     }
 
 
-async def main_async(levels: list[int], seconds: float) -> list[dict[str, float]]:
+async def main_async(
+    levels: list[int], seconds: float, edge_prefetch: int, client_prefetch: int
+) -> list[dict[str, float]]:
     from microturn.edge.server import pin_host_candidates
 
     pin_host_candidates(["127.0.0.1"])
@@ -173,7 +180,8 @@ async def main_async(levels: list[int], seconds: float) -> list[dict[str, float]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MICROTURN_")}
     env.update(MICROTURN_EDGE__PORT=str(edge_port), MICROTURN_EDGE__INTERACTION_TARGET=f"127.0.0.1:{grpc_port}",
                MICROTURN_EDGE__ICE_HOST_ADDRESSES='["127.0.0.1"]', MICROTURN_EDGE__MAX_SESSIONS="200",
-               MICROTURN_TELEMETRY__LOG_LEVEL="WARNING")  # fmt: skip
+               MICROTURN_TELEMETRY__LOG_LEVEL="WARNING",
+               MICROTURN_EDGE__AUDIO_JITTER_PREFETCH_FRAMES=str(edge_prefetch))  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "microturn.edge"], env=env)
     base = f"http://127.0.0.1:{edge_port}"
     try:
@@ -186,7 +194,7 @@ async def main_async(levels: list[int], seconds: float) -> list[dict[str, float]
                     pass
                 await asyncio.sleep(0.1)
         edge = psutil.Process(proc.pid)
-        return [await run_level(base, edge, n, seconds) for n in levels]
+        return [await run_level(base, edge, n, seconds, client_prefetch) for n in levels]
     finally:
         proc.terminate()
         proc.wait(30)
@@ -197,8 +205,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sessions", default="1,4,8,16", help="comma-separated session counts")
     p.add_argument("--seconds", type=float, default=6.0, help="measured seconds per level")
+    p.add_argument("--edge-prefetch", type=int, default=0,
+                   help="the edge's edge.audio_jitter_prefetch_frames (aiortc's own: 4)")  # fmt: skip
+    p.add_argument("--client-prefetch", type=int, default=0,
+                   help="the callers' own inbound jitter buffer, frames (aiortc's 4 adds 80 ms no browser adds)")  # fmt: skip
     ns = p.parse_args()
-    rows = asyncio.run(main_async([int(x) for x in ns.sessions.split(",")], ns.seconds))
+    levels = [int(x) for x in ns.sessions.split(",")]
+    rows = asyncio.run(main_async(levels, ns.seconds, ns.edge_prefetch, ns.client_prefetch))
     print("\nEdge (one process) with an echo model; clients in another process on the same 2 cores")
     print(
         "| sessions | edge CPU % | CPU % per session | pacing jitter p50 ms | p99 ms | mouth-to-ear p50 ms | p99 ms |"

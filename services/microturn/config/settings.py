@@ -407,6 +407,14 @@ class EdgeSettings(_Section):
         6, ge=1, le=300, description="keep every Nth camera frame (30 fps / 6 = 5 fps)"
     )
     cut_delay_ms: int = Field(10, ge=0, le=100, description="cut a chunk this long after its boundary")
+    audio_jitter_prefetch_frames: int = Field(
+        0,
+        ge=0,
+        le=8,
+        description="inbound audio frames held before one is decoded: 0 decodes each on arrival (a packet "
+        "arriving after a later one is dropped); n > 0 is aiortc's reordering buffer holding n (aiortc's own "
+        "default is 4: 80 ms added to every turn)",
+    )
     playout_max_ms: int = Field(
         600, ge=100, le=10_000, description="output jitter buffer bound; older audio dropped"
     )

@@ -35,6 +35,7 @@ from opentelemetry import metrics
 from microturn.config import Settings
 from microturn.edge.call_metrics import NO_METRICS, CallMetrics
 from microturn.edge.call_trace import CallTrace, TurnTiming
+from microturn.edge.jitter import set_audio_prefetch
 from microturn.edge.chunker import AudioChunker
 from microturn.edge.events import (
     BAD_MESSAGE,
@@ -121,6 +122,7 @@ class EdgeSession:
         pc.on("datachannel", self._on_datachannel)
         pc.on("connectionstatechange", self._on_connection_state)
         await pc.setRemoteDescription(offer)
+        set_audio_prefetch(pc, self.cfg.audio_jitter_prefetch_frames)  # (before any media flows)
         pc.addTrack(self.playout)
         await pc.setLocalDescription(await pc.createAnswer())
         answer = pc.localDescription
