@@ -35,7 +35,6 @@ from opentelemetry import metrics
 from microturn.config import Settings
 from microturn.edge.call_metrics import NO_METRICS, CallMetrics
 from microturn.edge.call_trace import CallTrace, TurnTiming
-from microturn.edge.jitter import set_audio_prefetch
 from microturn.edge.chunker import AudioChunker
 from microturn.edge.events import (
     BAD_MESSAGE,
@@ -47,6 +46,7 @@ from microturn.edge.events import (
     state_event,
 )
 from microturn.edge.ice import advertise_host_candidates, sdp_candidates
+from microturn.edge.jitter import set_audio_prefetch
 from microturn.edge.playout import PlayoutTrack
 from microturn.edge.turn import session_ice_servers
 from microturn.interaction.client import InteractionSession, SessionClosed, SessionRejected
