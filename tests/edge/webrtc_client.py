@@ -72,8 +72,10 @@ class PatternTrack(VideoStreamTrack):
 
 
 class EdgeClient:
-    def __init__(self, base_url: str, video: bool = True) -> None:
+    def __init__(self, base_url: str, video: bool = True, audio: MediaStreamTrack | None = None) -> None:
+        """``audio``: the microphone (default: ``ToneTrack``)."""
         self.http = httpx.AsyncClient(base_url=base_url, timeout=20)
+        self.mic = audio if audio is not None else ToneTrack()
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.events: list[dict] = []
         self.event_times: list[float] = []  # time.monotonic() each event arrived
@@ -94,7 +96,7 @@ class EdgeClient:
         self.session_id, self.token = info["session_id"], info["token"]
         self.channel = self.pc.createDataChannel("events")
         self.channel.on("message", self._on_event)
-        self.pc.addTrack(ToneTrack())
+        self.pc.addTrack(self.mic)
         if self.video:
             self.pc.addTrack(PatternTrack())
         self.pc.on("track", self._on_track)

@@ -103,7 +103,9 @@ class Engine:
         self.max_video_frames = max_video_frames
         self.delegation_max_bytes = delegation_max_bytes
         self.speaking_threshold = speaking_threshold
-        self.ex = Executor(self.model, num_slots, self.device, moe_gather_max_tokens)
+        # a model may bring its own executor (microturn.model.scripted: a test model's text script)
+        executor_class = getattr(model, "executor_class", None) or Executor
+        self.ex = executor_class(self.model, num_slots, self.device, moe_gather_max_tokens)
         self.sessions: dict[str, SessionState] = {}
         self._free = list(range(num_slots))
         self.record = record

@@ -55,7 +55,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Int
         cfg = ModelConfig.from_dict(json.loads(meta["config"]))
     except (KeyError, json.JSONDecodeError, ValueError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path}: bad config: {e}") from e
-    model = InteractionModel(cfg, version=meta["version"])
+    model_class = InteractionModel
+    if meta.get("script"):  # a scripted test model on these weights (microturn.model.scripted)
+        from microturn.model.scripted import model_class as scripted_class
+
+        model_class = scripted_class(meta["script"])
+    model = model_class(cfg, version=meta["version"])
     expected = model.state_dict()
     problems = []
     for k in sorted(set(expected) - set(tensors)):
