@@ -2,8 +2,8 @@
 degrades, its CPU per session, and the mouth-to-ear round trip with an echo-like model.
 
 The edge runs as its own process (`python -m microturn.edge`, so its CPU is measured alone);
-this process runs an echo interaction service on gRPC (each output chunk is its input chunk's
-audio: a model with zero compute, so what is measured is the edge and the chunking) and N aiortc
+this process runs an echo interaction service on gRPC (echo_stack.py: each output chunk is its input
+chunk's audio, a model with zero compute, so what is measured is the edge and the chunking) and N aiortc
 clients whose mic sends 100 ms tone markers every second. Per level: jitter of the returned 20 ms
 audio frames (arrival-time deviation from the 20 ms grid, p50/p99), edge CPU % per session, and
 mouth-to-ear (marker sent -> marker heard), p50/p99. Timing is measured here, never asserted.
@@ -15,45 +15,21 @@ import argparse
 import asyncio
 import fractions
 import math
-import os
-import subprocess
 import sys
 import time
 
 import av
-import grpc
 import httpx
 import numpy as np
 import psutil
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from echo_stack import echo_edge
 
 from microturn.edge.jitter import set_audio_prefetch
-from microturn.localrun.ports import free_port
-from microturn.v1 import interaction_pb2, interaction_pb2_grpc, media_pb2
 
 RATE = 48_000
 FRAME = 960  # 20 ms
 MARK_EVERY_S, MARK_LEN_S = 1.0, 0.1
-
-
-class EchoServicer(interaction_pb2_grpc.InteractionServicer):
-    """The Interaction protocol with an echo 'model': output chunk k is input chunk k's audio."""
-
-    async def Converse(self, request_iterator, context):
-        async for msg in request_iterator:
-            kind = msg.WhichOneof("kind")
-            if kind == "open":
-                yield interaction_pb2.ServerMessage(
-                    accepted=interaction_pb2.SessionAccepted(
-                        session_id=msg.open.session_id, replica_id="echo", model_version="echo"
-                    )
-                )
-            elif kind == "chunk":
-                c = msg.chunk
-                out = media_pb2.OutputChunk(header=c.header, audio=c.audio, model_version="echo")
-                yield interaction_pb2.ServerMessage(chunk=out)
-            else:
-                return
 
 
 class MarkerMic(MediaStreamTrack):
@@ -169,36 +145,9 @@ async def run_level(
 async def main_async(
     levels: list[int], seconds: float, edge_prefetch: int, client_prefetch: int
 ) -> list[dict[str, float]]:
-    from microturn.edge.server import pin_host_candidates
-
-    pin_host_candidates(["127.0.0.1"])
-    grpc_port, edge_port = free_port(), free_port()
-    server = grpc.aio.server()
-    interaction_pb2_grpc.add_InteractionServicer_to_server(EchoServicer(), server)
-    server.add_insecure_port(f"127.0.0.1:{grpc_port}")
-    await server.start()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MICROTURN_")}
-    env.update(MICROTURN_EDGE__PORT=str(edge_port), MICROTURN_EDGE__INTERACTION_TARGET=f"127.0.0.1:{grpc_port}",
-               MICROTURN_EDGE__ICE_HOST_ADDRESSES='["127.0.0.1"]', MICROTURN_EDGE__MAX_SESSIONS="200",
-               MICROTURN_TELEMETRY__LOG_LEVEL="WARNING",
-               MICROTURN_EDGE__AUDIO_JITTER_PREFETCH_FRAMES=str(edge_prefetch))  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "microturn.edge"], env=env)
-    base = f"http://127.0.0.1:{edge_port}"
-    try:
-        async with httpx.AsyncClient() as http:
-            for _ in range(200):
-                try:
-                    if (await http.get(f"{base}/healthz")).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.1)
+    async with echo_edge(MICROTURN_EDGE__AUDIO_JITTER_PREFETCH_FRAMES=str(edge_prefetch)) as (base, proc):
         edge = psutil.Process(proc.pid)
         return [await run_level(base, edge, n, seconds, client_prefetch) for n in levels]
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        await server.stop(None)
 
 
 def main() -> int:
