@@ -16,6 +16,7 @@ from microturn.engine import DelegationOpened
 from microturn.interaction.core import InteractionCore
 from microturn.interaction.grpc_server import start_server
 from microturn.localrun.ports import free_port
+from microturn.protocol.clock import now_unix_ms
 from microturn.v1 import delegation_pb2, interaction_pb2_grpc, media_pb2
 
 from .conftest import chunk_for, new_session, session_origin, tiny_model
@@ -32,7 +33,7 @@ async def test_delegation_event_reaches_the_bus_with_context(bridged):
     session = core.sessions["s-deleg"]
     # The engine reported a delegation span (the untrained model never closes one by itself).
     msg = media_pb2.OutputChunk()
-    core._events(session, 1, [DelegationOpened(request="multiply 6 by 7")], [], msg)
+    core._events(session, 1, [DelegationOpened(request="multiply 6 by 7")], [], msg, done_ms=now_unix_ms())
     opened = msg.events[0].delegation_opened
     assert opened.request == "multiply 6 by 7" and opened.delegation_id.startswith("s-deleg-1-")
 

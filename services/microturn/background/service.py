@@ -46,9 +46,11 @@ from microturn.v1 import delegation_pb2
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer("microturn.background")
 meter = metrics.get_meter("microturn.background")
-DELEGATIONS = meter.create_counter("microturn.delegations", description="delegations ended, by outcome")
+DELEGATIONS = meter.create_counter(
+    "microturn_delegations", unit="{delegation}", description="delegations ended, by outcome and backend"
+)
 DELEGATION_MS = meter.create_histogram(
-    "microturn.delegation.duration", unit="ms", description="from pick-up to the last update"
+    "microturn_delegation_duration", unit="ms", description="from pick-up to the last update, by outcome"
 )
 CancelReason = delegation_pb2.CancelReason
 MAX_TAG_CHARS = 64  # a time zone or language tag longer than this is not one

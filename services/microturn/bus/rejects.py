@@ -49,12 +49,12 @@ CODES = frozenset(
 
 # One counter per consumer: ``microturn_<name>_rejected_total{code=...}`` on /metrics.
 COUNTER_NAMES = {
-    "delegation": "microturn.delegations.rejected",
-    "tool": "microturn.tool_calls.rejected",
-    "timer": "microturn.timers.rejected",
-    "update": "microturn.updates.rejected",
-    "cancel": "microturn.cancels.rejected",
-    "tool_result": "microturn.tool_results.rejected",
+    "delegation": "microturn_delegations_rejected",
+    "tool": "microturn_tool_calls_rejected",
+    "timer": "microturn_timers_rejected",
+    "update": "microturn_updates_rejected",
+    "cancel": "microturn_cancels_rejected",
+    "tool_result": "microturn_tool_results_rejected",
 }
 _counters: dict[str, metrics.Counter] = {}
 _counters_lock = threading.Lock()
@@ -64,7 +64,9 @@ _instances: dict[tuple[str, int, float], Rejections] = {}
 def _counter(name: str) -> metrics.Counter:
     with _counters_lock:
         if name not in _counters:
-            _counters[name] = meter.create_counter(name, description="bus messages refused, by code")
+            _counters[name] = meter.create_counter(
+                name, unit="{message}", description="bus messages refused, by code"
+            )
         return _counters[name]
 
 
@@ -78,7 +80,7 @@ class Rejections:
     _log: RateLimitedLog = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.counter = _counter(COUNTER_NAMES.get(self.kind, f"microturn.bus.{self.kind}.rejected"))
+        self.counter = _counter(COUNTER_NAMES.get(self.kind, f"microturn_bus_{self.kind}_rejected"))
         self._log = RateLimitedLog(log, self.period_s, burst=self.burst)
 
     @classmethod

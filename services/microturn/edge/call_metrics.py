@@ -31,7 +31,9 @@ class CallMetrics:
             explicit_bucket_boundaries_advisory=GAP_BUCKETS_MS,
         )  # fmt: skip
         self._recoveries = meter.create_counter(
-            "microturn_edge_recoveries", description="interaction streams reopened with a replay"
+            "microturn_edge_recoveries",
+            unit="{recovery}",
+            description="interaction streams reopened with a replay",
         )
 
     def turn(self, spans_us: dict[str, int], version: str) -> None:

@@ -126,6 +126,7 @@ class ClientErrors:
     ) -> None:
         self._counter = meter.create_counter(
             "microturn_edge_client_errors",
+            unit="{error}",
             description="errors sent to clients (data-channel error events, 4xx answers), by code",
         )
         self._log = RateLimitedLog(log, log_interval_s, level=logging.INFO, clock=clock)

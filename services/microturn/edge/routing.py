@@ -34,6 +34,7 @@ class RoutingWatcher:
         self._task: asyncio.Task[None] | None = None
         self._errors = meter.create_counter(
             "microturn_edge_routing_errors",
+            unit="{error}",
             description="routing table reads that failed (the last good one stays)",
         )
         meter.create_observable_gauge(

@@ -50,11 +50,13 @@ class EdgeServer:
         )
         self._moved = meter.create_counter(
             "microturn_edge_sessions_moved",
+            unit="{session}",
             description="calls moved to another model version (theirs was retired by a rollout)",
         )
         meter.create_observable_gauge(
             "microturn_edge_sessions",
             [lambda _: [Observation(len(self.sessions))]],
+            unit="{session}",
             description="sessions held",
         )
 

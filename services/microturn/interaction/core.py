@@ -55,6 +55,12 @@ from microturn.telemetry import RateLimitedLog, log_context, session_attributes,
 from microturn.v1 import chunk_pb2, delegation_pb2, interaction_pb2, media_pb2
 
 log = logging.getLogger(__name__)
+# Histogram buckets: a micro-turn is 200 ms, so the tick resolves 1..500 ms around it; a rebuild of a
+# full span takes a few hundred ms on a CPU; a turn-taking target is 400 ms.
+TICK_BUCKETS_MS = (1, 2, 3, 5, 7.5, 10, 15, 20, 30, 40, 50, 75, 100, 125, 150, 175, 200, 250, 300, 400, 500)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+REBUILD_BUCKETS_MS = (10, 25, 50, 100, 200, 300, 500, 750, 1000, 2000, 5000, 10000)
+TURN_BUCKETS_MS = (100, 200, 300, 400, 500, 600, 800, 1000, 1500, 2000, 3000, 5000, 10000)
 BUS_CLOSE_TIMEOUT_S = 3.0  # a drain must end inside Serve's graceful shutdown, whatever NATS does
 
 
@@ -119,33 +125,46 @@ class InteractionCore:
     def _instruments(self, provider: metrics.MeterProvider) -> None:
         meter = provider.get_meter("microturn.interaction")
         self._m_tick = meter.create_histogram(
-            "microturn_tick_duration", unit="ms", description="engine step per tick"
-        )
-        self._m_batch = meter.create_histogram("microturn_tick_batch_size", description="sessions per tick")
+            "microturn_tick_duration", unit="ms", description="engine step of one tick (all its sessions)",
+            explicit_bucket_boundaries_advisory=TICK_BUCKETS_MS,
+        )  # fmt: skip
+        self._m_batch = meter.create_histogram(
+            "microturn_tick_batch_size", unit="{session}", description="sessions per tick",
+            explicit_bucket_boundaries_advisory=BATCH_BUCKETS,
+        )  # fmt: skip
         self._m_miss = meter.create_counter(
-            "microturn_chunk_deadline_misses",
+            "microturn_chunk_deadline_misses", unit="{chunk}",
             description="outputs later than one micro-turn after their input ended",
-        )
+        )  # fmt: skip
         self._m_errors = meter.create_counter(
-            "microturn_stream_errors", description="typed errors sent, by code"
+            "microturn_stream_errors", unit="{error}", description="typed errors sent, by code"
         )
         self._m_dropped = meter.create_counter(
-            "microturn_chunks_dropped", description="input chunks dropped by policy, by reason"
+            "microturn_chunks_dropped",
+            unit="{chunk}",
+            description="input chunks dropped by policy, by reason",
         )
         self._m_rebuild = meter.create_histogram(
-            "microturn_session_rebuild_duration", unit="ms", description="replay received -> session live"
-        )
+            "microturn_session_rebuild_duration", unit="ms", description="replay received -> session live",
+            explicit_bucket_boundaries_advisory=REBUILD_BUCKETS_MS,
+        )  # fmt: skip
         self._m_rebuild_turns = meter.create_counter(
-            "microturn_rebuild_turns", description="teacher-forced micro-turns run to rebuild sessions"
-        )
+            "microturn_rebuild_turns", unit="{turn}",
+            description="teacher-forced micro-turns run to rebuild sessions",
+        )  # fmt: skip
         self._m_migrated = meter.create_counter(
-            "microturn_sessions_migrated",
+            "microturn_sessions_migrated", unit="{session}",
             description="sessions a draining replica handed to another one (make before break)",
-        )
+        )  # fmt: skip
         self._m_drain_deadline = meter.create_counter(
-            "microturn_sessions_drain_deadline",
+            "microturn_sessions_drain_deadline", unit="{session}",
             description="sessions still on a draining replica at its deadline, ended for their clients to recover",
-        )
+        )  # fmt: skip
+        self._m_turn = meter.create_histogram(
+            "microturn_turn_latency", unit="ms",
+            description="caller's end of turn (speech went quiet, or typed text) -> the model starts speaking",
+            explicit_bucket_boundaries_advisory=TURN_BUCKETS_MS,
+        )  # fmt: skip
 
         def lag(_: CallbackOptions) -> list[Observation]:
             """The worst attached session's lag (no per-session label: sessions are unbounded)."""
@@ -164,8 +183,13 @@ class InteractionCore:
             description="wall time past the end of the next expected chunk, of the session furthest behind",
         )
         meter.create_observable_gauge(
-            "microturn_sessions", [lambda _: [Observation(len(self.sessions), self._attrs)]]
+            "microturn_sessions",
+            [lambda _: [Observation(len(self.sessions), self._attrs)]],
+            unit="{session}",
+            description="sessions held (attached or detached)",
         )
+        # a ratio without a unit: "1" would become a _ratio suffix through an OTel Collector but none
+        # on the Python exporter's /metrics, and the dashboard queries one name
         meter.create_observable_gauge(
             "microturn_tick_utilisation",
             [lambda _: [Observation(self.tick_utilisation(), self._attrs)]],
@@ -719,6 +743,9 @@ class InteractionCore:
                 )
                 continue
             media_start = s.t0_ms + k * self.limits.chunk_ms
+            s.turns.heard(
+                chunk.pcm, media_start, self.limits.chunk_ms, chunk.sample_rate, typed=bool(chunk.text)
+            )
             if done_ms > media_start + 2 * self.limits.chunk_ms:
                 st.misses += 1
                 self._m_miss.add(1, self._attrs)
@@ -744,7 +771,7 @@ class InteractionCore:
             in_span = trace.use_span(span, end_on_exit=True) if span is not None else contextlib.nullcontext()
             with in_span, log_context(session_id=s.session_id, chunk_index=k):
                 self._events(
-                    s, k, out.events, updates, msg
+                    s, k, out.events, updates, msg, done_ms
                 )  # (a delegation opened here is this span's child)
                 s.note(delegation_pb2.SPEAKER_MODEL, out.text, k)
                 if arrival is not None:
@@ -772,7 +799,13 @@ class InteractionCore:
         )
 
     def _events(
-        self, s: Session, k: int, events, updates: list[PendingUpdate], msg: media_pb2.OutputChunk
+        self,
+        s: Session,
+        k: int,
+        events,
+        updates: list[PendingUpdate],
+        msg: media_pb2.OutputChunk,
+        done_ms: int,
     ) -> None:
         for u in updates:
             msg.events.add().background_update.CopyFrom(
@@ -784,6 +817,8 @@ class InteractionCore:
         for ev in events:
             if isinstance(ev, SpeakingChanged):
                 msg.events.add().speaking.speaking = ev.speaking
+                if ev.speaking and (ms := s.turns.answered(done_ms)) is not None:
+                    self._m_turn.record(ms, {"version": self.engine.model_version})
             elif isinstance(ev, DelegationOpened):
                 delegation_id = f"{s.session_id}-{k}-{next(self._delegation_ids)}"
                 msg.events.add().delegation_opened.CopyFrom(

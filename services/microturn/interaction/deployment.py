@@ -51,11 +51,11 @@ class InteractionDeployment:
             return [callback]
 
         meter.create_observable_gauge(
-            "microturn_replicas_target", observe(lambda v: v.target_replicas),
+            "microturn_replicas_target", observe(lambda v: v.target_replicas), unit="{replica}",
             description="replicas the Serve autoscaler wants for the interaction deployment",
         )  # fmt: skip
         meter.create_observable_gauge(
-            "microturn_replicas_running", observe(lambda v: v.running_replicas),
+            "microturn_replicas_running", observe(lambda v: v.running_replicas), unit="{replica}",
             description="replicas of the interaction deployment that are RUNNING",
         )  # fmt: skip
 

@@ -24,6 +24,7 @@ from opentelemetry.trace import SpanContext
 from microturn.config import LimitsSettings
 from microturn.engine import ChunkInput, ResumePoint
 from microturn.interaction.errors import Code, StreamError
+from microturn.telemetry.turns import TurnClock
 from microturn.v1 import delegation_pb2, interaction_pb2, media_pb2
 
 BYTES_PER_SAMPLE = 2
@@ -72,6 +73,7 @@ class Session:
     rebuild: deque[tuple[ChunkInput, ResumePoint]] = field(default_factory=deque)
     rebuild_last: ResumePoint | None = None
     rebuild_started: float = 0.0
+    turns: TurnClock = field(default_factory=TurnClock)  # the caller's end of turn, for turn latency
 
     @property
     def rebuilding(self) -> bool:

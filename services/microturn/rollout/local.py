@@ -195,11 +195,12 @@ class LocalController:
         self.bus: Bus | None = None
         meter = metrics.get_meter_provider().get_meter("microturn.rollout")
         self._m_events = meter.create_counter(
-            "microturn_rollout_events", description="rollout events, by reason"
+            "microturn_rollout_events", unit="{event}", description="rollout events, by reason and type"
         )
         meter.create_observable_gauge(
             "microturn_rollout_weight",
             [lambda _: [Observation(w, {"version": v}) for v, w in self.status.weights.items()]],
+            unit="%",
             description="percent of new calls routed to each version",
         )
 

@@ -10,8 +10,8 @@ SERVICE = "service.name"
 def session_attributes(session_id: str, chunk_index: int | None = None) -> dict[str, str | int]:
     """Span attributes for work on one session (and one chunk of it).
 
-    Metrics take ``session.id`` only (bounded by the live sessions); ``chunk.index`` grows without
-    bound, so it goes on spans and logs, never on a metric label.
+    For spans and logs only, never metric labels: session ids and chunk indices are unbounded (every
+    call adds a series that outlives it); metrics take bounded labels (docs/METRICS.md).
     """
     attrs: dict[str, str | int] = {SESSION_ID: session_id}
     if chunk_index is not None:

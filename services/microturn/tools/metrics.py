@@ -12,10 +12,12 @@ from microturn.v1 import tools_pb2
 
 meter = metrics.get_meter("microturn.tools")
 TOOL_CALLS = meter.create_counter(
-    "microturn.tool.calls", description="tool calls served, by tool and outcome"
+    "microturn_tool_calls", unit="{call}", description="tool calls served, by tool, outcome and transport"
 )
-TOOL_MS = meter.create_histogram("microturn.tool.duration", unit="ms", description="time in the tool")
-TIMERS_FIRED = meter.create_counter("microturn.timers.fired", description="timers that fired")
+TOOL_MS = meter.create_histogram(
+    "microturn_tool_duration", unit="ms", description="time in the tool, by tool"
+)
+TIMERS_FIRED = meter.create_counter("microturn_timers_fired", unit="{timer}", description="timers that fired")
 
 
 def record_call(
