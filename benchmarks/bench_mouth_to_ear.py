@@ -134,7 +134,9 @@ def main() -> int:
     if ns.json:
         print(json.dumps(got, indent=2))
     m2e = got["m2e_ms"]
-    print("\nMouth-to-ear in headless Chromium (WebAudio mic -> WebRTC -> edge -> echo -> edge -> NetEq -> WebAudio)")
+    print(
+        "\nMouth-to-ear in headless Chromium (WebAudio mic -> WebRTC -> edge -> echo -> edge -> NetEq -> WebAudio)"
+    )
     if not m2e:
         print(f"no beep came back (heard {len(got['heard'])} onsets)")
         return 1
