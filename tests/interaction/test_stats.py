@@ -84,6 +84,8 @@ GOOD = ReplicaStats("r1", "v1", "interaction", 1, 2, 3, 0, 10, 1, {"ERROR_CODE_I
         (GOOD.to_json().replace(b'"outputs":10', b'"outputs":true'), "outputs"),
         (GOOD.to_json().replace(b'"ERROR_CODE_INTERNAL":1', b'"ERROR_CODE_INTERNAL":"1"'), "errors"),
         (GOOD.to_json().replace(b'"tick_p99_ms":12.5', b'"tick_p99_ms":"slow"'), "tick_p99_ms"),
+        (GOOD.to_json().replace(b'"turn_p50_ms":null', b'"turn_p50_ms":-3'), "turn_p50_ms"),
+        (GOOD.to_json().replace(b'"turns":0', b'"turns":1.5'), "turns"),
     ],
 )
 def test_a_malformed_report_is_refused_with_the_reason(data, message):

@@ -141,10 +141,13 @@ async def test_a_replica_records_the_turn_latency_by_version(pcm, typed, speech_
     finally:
         await server.stop(grace=None)
         await core.drain()
+    report = core.report()  # what the rollout controller gets (interaction/stats.py)
     if not recorded:
         assert sum(p.count for p in points) == 0
+        assert report.turns == 0 and report.turn_p50_ms is None
         return
     (point,) = points
+    assert report.turns == 1 and report.turn_p50_ms == pytest.approx(point.sum, abs=0.05)
     assert dict(point.attributes) == {"version": "tiny-test"}  # no session, no replica label
     assert point.count == 1
     # the answer is made between chunk 2 being sent and its output arriving back

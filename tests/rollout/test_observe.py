@@ -9,10 +9,11 @@ from microturn.rollout.observe import StatsWindow
 
 
 def report(
-    replica="r1", version="v1", sessions=2, opened=2, rebuilt=0, outputs=0, misses=0, errors=None, p99=20.0
-):
+    replica="r1", version="v1", sessions=2, opened=2, rebuilt=0, outputs=0, misses=0, errors=None, p99=20.0,
+    turn_p50=None, turns=0,
+):  # fmt: skip
     return ReplicaStats(replica, version, "interaction", 0, sessions, opened, rebuilt, outputs, misses,
-                        errors or {}, p99)  # fmt: skip
+                        errors or {}, p99, turn_p50, turns)  # fmt: skip
 
 
 def test_metrics_are_differences_over_the_window_summed_per_version():
@@ -27,6 +28,21 @@ def test_metrics_are_differences_over_the_window_summed_per_version():
     assert m.deadline_miss_ratio == pytest.approx(2 / 200)
     assert m.stream_error_ratio == pytest.approx(1 / 200)  # DRAINING is not the replica's fault
     assert m.tick_p99_ms == 45.0
+
+
+def test_turn_latency_is_the_replicas_medians_weighted_by_their_turns():
+    w = StatsWindow(window_s=30, stale_s=10)
+    w.add(report("a", outputs=100), 0)
+    w.add(report("b", outputs=100), 0)
+    w.add(report("c", outputs=100), 0)
+    w.add(report("a", outputs=200, turn_p50=400.0, turns=30), 10)
+    w.add(report("b", outputs=200, turn_p50=1000.0, turns=10), 10)
+    w.add(report("c", outputs=200), 10)  # no turn answered yet: does not count
+    assert w.versions(10, {})["v1"].metrics.turn_latency_ms == pytest.approx((400 * 30 + 1000 * 10) / 40)
+    w2 = StatsWindow()
+    w2.add(report(outputs=0), 0)
+    w2.add(report(outputs=100), 5)
+    assert w2.versions(5, {})["v1"].metrics.turn_latency_ms is None  # not measured: no verdict on it
 
 
 def test_old_reports_leave_the_window():

@@ -76,6 +76,7 @@ class TickStats:
     errors: Counter[str] = field(default_factory=Counter)  # typed errors sent, by code
     batches: deque[int] = field(default_factory=lambda: deque(maxlen=1000))
     steps: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=1000))  # (end, ms)
+    turns: deque[float] = field(default_factory=lambda: deque(maxlen=200))  # turn latencies, ms
 
 
 class InteractionCore:
@@ -200,11 +201,13 @@ class InteractionCore:
         """This replica's service report for the rollout controller (interaction/stats.py)."""
         steps = sorted(ms for _, ms in list(self.stats.steps))
         p99 = steps[min(len(steps) - 1, int(0.99 * len(steps)))] if steps else 0.0
+        turns = sorted(self.stats.turns)
         st = self.stats
         return ReplicaStats(
             replica=self.replica_id, version=self.engine.model_version, app=self.cfg.app_name,
             at_unix_ms=now_unix_ms(), sessions=len(self.sessions), opened=st.opened, rebuilt=st.rebuilt,
             outputs=st.outputs, misses=st.misses, errors=dict(st.errors), tick_p99_ms=round(p99, 2),
+            turn_p50_ms=round(turns[len(turns) // 2], 1) if turns else None, turns=len(turns),
         )  # fmt: skip
 
     async def _report_forever(self) -> None:
@@ -819,6 +822,7 @@ class InteractionCore:
                 msg.events.add().speaking.speaking = ev.speaking
                 if ev.speaking and (ms := s.turns.answered(done_ms)) is not None:
                     self._m_turn.record(ms, {"version": self.engine.model_version})
+                    self.stats.turns.append(ms)
             elif isinstance(ev, DelegationOpened):
                 delegation_id = f"{s.session_id}-{k}-{next(self._delegation_ids)}"
                 msg.events.add().delegation_opened.CopyFrom(

@@ -32,6 +32,10 @@ class ReplicaStats:
     misses: int  # outputs later than a micro-turn after their input ended
     errors: dict[str, int] = field(default_factory=dict)  # typed errors sent, by code
     tick_p99_ms: float = 0.0  # over the last ticks (up to 1000)
+    # the median turn-taking latency (telemetry/turns.py) over the last turns answered (up to 200), and
+    # how many that is; None: no turn answered yet
+    turn_p50_ms: float | None = None
+    turns: int = 0
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -68,4 +72,11 @@ class ReplicaStats:
             or stats.tick_p99_ms < 0
         ):
             raise StatsError(f"tick_p99_ms must be a non-negative number, got {stats.tick_p99_ms!r}")
+        if stats.turn_p50_ms is not None and (
+            not isinstance(stats.turn_p50_ms, int | float) or isinstance(stats.turn_p50_ms, bool)
+            or stats.turn_p50_ms < 0
+        ):  # fmt: skip
+            raise StatsError(f"turn_p50_ms must be a non-negative number or null, got {stats.turn_p50_ms!r}")
+        if not isinstance(stats.turns, int) or isinstance(stats.turns, bool) or stats.turns < 0:
+            raise StatsError(f"turns must be a non-negative integer, got {stats.turns!r}")
         return stats

@@ -61,6 +61,8 @@ class StatsWindow:
 def _metrics(replicas: list[_Replica], window_s: float) -> SloMetrics | None:
     outputs = misses = errors = rebuilt = 0
     session_seconds, tick_p99 = 0.0, 0.0
+    turns = [(last.turn_p50_ms, last.turns) for r in replicas
+             if (last := r.reports[-1][1]).turn_p50_ms is not None and last.turns > 0]  # fmt: skip
     for r in replicas:
         (t0, first), (t1, last) = r.reports[0], r.reports[-1]
         outputs += last.outputs - first.outputs
@@ -77,4 +79,6 @@ def _metrics(replicas: list[_Replica], window_s: float) -> SloMetrics | None:
         tick_p99_ms=tick_p99,
         stream_error_ratio=errors / outputs,
         recoveries_per_session_hour=rebuilt / hours if hours > 0 else None,
+        # the replicas' medians weighted by their turns (a replica with few turns weighs little)
+        turn_latency_ms=sum(p * n for p, n in turns) / sum(n for _, n in turns) if turns else None,
     )
