@@ -101,3 +101,21 @@ def test_console_span_export():
     )
     assert res.returncode == 0, res.stderr
     assert '"name": "tick"' in res.stdout and '"session.id": "s2"' in res.stdout
+
+
+def test_http_clients_per_request_lines_stay_out_of_an_info_log():
+    res = run_py(
+        """
+        import logging
+        from microturn.telemetry import configure_logging
+        configure_logging("svc", "text", "INFO")
+        logging.getLogger("httpx").info("HTTP Request: GET http://x/ 200")
+        logging.getLogger("httpx").warning("httpx trouble")
+        logging.getLogger("microturn.rollout").info("rollout step")
+        configure_logging("svc", "text", "DEBUG")
+        logging.getLogger("httpx").info("HTTP Request: debug run")
+        """
+    )
+    assert res.returncode == 0, res.stderr
+    assert "HTTP Request: GET" not in res.stderr and "httpx trouble" in res.stderr
+    assert "rollout step" in res.stderr and "HTTP Request: debug run" in res.stderr

@@ -81,6 +81,9 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+CHATTY_LOGGERS = ("httpx", "httpcore")
+
+
 def configure_logging(service: str, fmt: str = "text", level: str = "INFO") -> None:
     """Replace the root handlers with one stderr handler in the chosen format."""
     handler = logging.StreamHandler(sys.stderr)
@@ -88,3 +91,6 @@ def configure_logging(service: str, fmt: str = "text", level: str = "INFO") -> N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # HTTP clients log every request at INFO: a controller polling each second would fill the log
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
