@@ -103,6 +103,7 @@ def sample_rollout(**spec: Any) -> dict:
         "candidateSettings": {"session_slots": 16, "autoscaling": {"target_sessions": 12}},
         "analysis": {
             "minSessions": 5,
+            "missZ": 3.0,
             "thresholds": {
                 "deadline_miss_ratio": {"limit": 0.02, "margin": 0.5},
                 "tick_p99_ms": {"limit": 120},
@@ -218,7 +219,7 @@ def test_a_sample_rollout_validates_and_the_operator_reads_it():
     validate_object(cr)
     spec = kube.spec_from_cr(cr["spec"])
     assert [s.weight for s in spec.steps] == [10, 50, 100]
-    assert spec.analysis.thresholds["tick_p99_ms"].limit == 120
+    assert spec.analysis.thresholds["tick_p99_ms"].limit == 120 and spec.analysis.miss_z == 3.0
     # The minimal one: the required fields.
     minimal = sample_rollout()
     minimal["spec"] = {k: minimal["spec"][k] for k in ("stable", "candidate", "steps")}

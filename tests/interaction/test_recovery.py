@@ -208,3 +208,28 @@ async def test_concurrent_opens_of_one_session_never_crash_the_servicer(core_ser
     assert len(core.sessions) == 1 and core.engine.free_slots == core.cfg.session_slots - 1
     for s in (a, b):
         s.cancel()
+
+
+async def test_a_stream_cancelled_on_the_client_side_is_recovered_and_closes_cleanly(core_server):
+    """grpc.aio cancels the whole RPC when a task is cancelled in the middle of one of its writes (a
+    sender stopped mid-write): the session recovers and goes on as if nothing happened, and a close
+    after such a cancel ends quietly (it used to raise CancelledError out of close())."""
+    _, channel = core_server
+    n = 30
+    t0 = session_origin() - 200 * n
+    ref = await run_reference(channel, "ref-local-cancel", t0, n, seed=5)
+    sess = new_session(channel, "local-cancel", t0, seed=5)
+    await sess.open()
+    for k in range(10):
+        await sess.send(chunk_for("local-cancel", k, t0))
+    before, errors = await outputs(sess, 10)
+    sess._call.cancel()  # what a cancelled write does to the RPC
+    for k in range(10, n):
+        await sess.send(chunk_for("local-cancel", k, t0))
+    after, errors2 = await outputs(sess, n - 10)
+    assert not errors + errors2
+    assert sess.recoveries == 1
+    assert_continues_like(before + after, ref)
+    sess._call.cancel()
+    await asyncio.wait_for(sess.close(), 10)  # no CancelledError
+    assert sess._call is None

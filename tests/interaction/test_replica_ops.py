@@ -12,6 +12,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from microturn.config import load_settings
 from microturn.interaction.core import InteractionCore
 from microturn.interaction.grpc_server import start_server
+from microturn.interaction.stats import TICK_BOUNDS_MS
 from microturn.localrun.ports import free_port
 from microturn.protocol.clock import now_unix_ms
 from microturn.v1 import interaction_pb2
@@ -116,4 +117,5 @@ async def test_the_fault_delay_makes_every_tick_late_and_it_shows_in_the_report(
         await asyncio.wait_for(sess.receive(), 10)
     await sess.close()
     report = core.report()
-    assert report.outputs == 3 and report.misses == 3 and report.tick_p99_ms >= 450
+    assert report.outputs == 3 and report.misses == 3 and report.ticks == 3
+    assert report.ticks_le[TICK_BOUNDS_MS.index(400)] == 0 and report.ticks_le[-1] == 3  # each in (400, 1000]

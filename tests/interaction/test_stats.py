@@ -13,7 +13,7 @@ from microturn.bus.permissions import ROLLOUT
 from microturn.bus.setup import setup
 from microturn.interaction.core import InteractionCore
 from microturn.interaction.grpc_server import start_server
-from microturn.interaction.stats import ReplicaStats, StatsError
+from microturn.interaction.stats import TICK_BOUNDS_MS, ReplicaStats, StatsError
 from microturn.localrun.ports import free_port
 
 from ..bus.test_bus_permissions import connect, settings_for, violated
@@ -56,7 +56,7 @@ async def test_a_replica_reports_its_service_and_the_rollout_user_reads_it(secur
     last = reports[-1]
     assert (last.replica, last.version, last.app) == ("replica-s", "tiny-test", "interaction")
     assert last.opened == 1 and last.rebuilt == 0 and last.outputs >= 4 and last.sessions == 1
-    assert last.tick_p99_ms > 0 and last.errors == {}
+    assert last.ticks >= 4 and last.ticks_le[-1] <= last.ticks and last.errors == {}
 
 
 async def test_the_rollout_user_cannot_forge_a_report(secure_nats, passwords):
@@ -69,7 +69,8 @@ async def test_the_rollout_user_cannot_forge_a_report(secure_nats, passwords):
         await rollout.close()
 
 
-GOOD = ReplicaStats("r1", "v1", "interaction", 1, 2, 3, 0, 10, 1, {"ERROR_CODE_INTERNAL": 1}, 12.5)
+GOOD = ReplicaStats("r1", "v1", "interaction", 1, 2, 3, 0, 10, 1, {"ERROR_CODE_INTERNAL": 1}, 4,
+                    [1] + [3] * (len(TICK_BOUNDS_MS) - 1))  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -83,7 +84,10 @@ GOOD = ReplicaStats("r1", "v1", "interaction", 1, 2, 3, 0, 10, 1, {"ERROR_CODE_I
         (GOOD.to_json().replace(b'"version":"v1"', b'"version":""'), "version"),
         (GOOD.to_json().replace(b'"outputs":10', b'"outputs":true'), "outputs"),
         (GOOD.to_json().replace(b'"ERROR_CODE_INTERNAL":1', b'"ERROR_CODE_INTERNAL":"1"'), "errors"),
-        (GOOD.to_json().replace(b'"tick_p99_ms":12.5', b'"tick_p99_ms":"slow"'), "tick_p99_ms"),
+        (GOOD.to_json().replace(b'"ticks_le":[1,3', b'"ticks_le":[3,1'), "ticks_le"),  # decreasing
+        (GOOD.to_json().replace(b'"ticks":4', b'"ticks":2'), "ticks_le"),  # more than the ticks
+        (GOOD.to_json().replace(b'"ticks_le":[1,', b'"ticks_le":['), "ticks_le"),  # a count short
+        (GOOD.to_json().replace(b'"ticks_le":[1,', b'"ticks_le":["1",'), "ticks_le"),
         (GOOD.to_json().replace(b'"turn_p50_ms":null', b'"turn_p50_ms":-3'), "turn_p50_ms"),
         (GOOD.to_json().replace(b'"turns":0', b'"turns":1.5'), "turns"),
     ],
@@ -95,3 +99,9 @@ def test_a_malformed_report_is_refused_with_the_reason(data, message):
 
 def test_a_report_round_trips():
     assert ReplicaStats.from_json(GOOD.to_json()) == GOOD
+
+
+def test_a_field_the_controller_does_not_know_is_ignored():
+    """A replica of another microturn release (an older one still sent tick_p99_ms) is still read."""
+    doc = GOOD.to_json()[:-1] + b',"tick_p99_ms":12.5,"from_the_future":{"x":1}}'
+    assert ReplicaStats.from_json(doc) == GOOD

@@ -19,6 +19,7 @@ from microturn.rollout.machine import (
     EnsureDeployment,
     Observations,
     Phase,
+    RecordEvent,
     RolloutSpec,
     SetRouting,
     SpecError,
@@ -71,6 +72,11 @@ def test_a_whole_rollout_moves_weights_step_by_step_then_retires_the_old_version
     assert st_.step == 0 and not routing(acts) and "1/2 candidate sessions" in st_.message
     st_, acts = run(st_, Observations(s, fleet(v2=2, opened2=3)), 52)
     assert st_.step == 1 and routing(acts) == [{"v1": 50, "v2": 50}]
+    passed = [a.message for a in acts if isinstance(a, RecordEvent) and a.reason == "AnalysisPassed"]
+    assert passed == [
+        "step 1/3: within limits: deadline_miss_ratio 0.001 vs stable 0.001, tick_p99_ms 40 vs "
+        "stable 40, stream_error_ratio 0 vs stable 0, recoveries_per_session_hour 0 vs stable 0"
+    ]
     st_, acts = run(st_, Observations(s, fleet(v2=4, opened2=6)), 85)
     assert st_.step == 2 and routing(acts) == [{"v1": 0, "v2": 100}]
     st_, acts = run(st_, Observations(s, fleet(v1=3, v2=8, opened2=10)), 120)

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from microturn.interaction.stats import ReplicaStats
-from microturn.rollout.observe import StatsWindow
+from microturn.interaction.stats import TICK_BOUNDS_MS, ReplicaStats
+from microturn.rollout.observe import StatsWindow, quantile
+
+
+def ticks_at(ms: dict[float, int]) -> tuple[int, list[int]]:
+    """(ticks, ticks_le) of ``{tick time: how many}``, counted as a replica counts them."""
+    return sum(ms.values()), [sum(n for t, n in ms.items() if t <= b) for b in TICK_BOUNDS_MS]
 
 
 def report(
-    replica="r1", version="v1", sessions=2, opened=2, rebuilt=0, outputs=0, misses=0, errors=None, p99=20.0,
+    replica="r1", version="v1", sessions=2, opened=2, rebuilt=0, outputs=0, misses=0, errors=None, ticks=None,
     turn_p50=None, turns=0,
 ):  # fmt: skip
+    n, le = ticks_at(ticks or {})
     return ReplicaStats(replica, version, "interaction", 0, sessions, opened, rebuilt, outputs, misses,
-                        errors or {}, p99, turn_p50, turns)  # fmt: skip
+                        errors or {}, n, le, turn_p50, turns)  # fmt: skip
 
 
 def test_metrics_are_differences_over_the_window_summed_per_version():
@@ -21,13 +27,47 @@ def test_metrics_are_differences_over_the_window_summed_per_version():
     w.add(report("a", outputs=100, misses=1), 0)
     w.add(report("b", outputs=50), 0)
     w.add(report("a", outputs=200, misses=3, errors={"ERROR_CODE_INTERNAL": 1, "ERROR_CODE_DRAINING": 5}), 10)
-    w.add(report("b", outputs=150, sessions=4, opened=5, p99=45.0), 10)
+    w.add(report("b", outputs=150, sessions=4, opened=5, ticks={45: 100}), 10)
     v = w.versions(10, {"v1": True})["v1"]
     assert v.ready and v.sessions == 6 and v.opened == 7
     m = v.metrics
     assert m.deadline_miss_ratio == pytest.approx(2 / 200)
     assert m.stream_error_ratio == pytest.approx(1 / 200)  # DRAINING is not the replica's fault
-    assert m.tick_p99_ms == 45.0
+    assert 40 < m.tick_p99_ms <= 50  # inside 45's bucket
+
+
+def test_the_tick_p99_is_of_the_window_merged_over_the_versions_replicas():
+    """Both versions' p99 is of the same window (a stable replica's calm past does not flatter it
+    against a candidate that only knows the busy present), and of all a version's ticks."""
+    w = StatsWindow(window_s=30, stale_s=100)
+    calm = {15: 5000}
+    w.add(report("old", outputs=0, ticks=calm), 0)
+    w.add(report("old", outputs=100, ticks={**calm, 120: 95}), 40)  # calm before the window, busy in it
+    w.add(report("old", outputs=200, ticks={**calm, 120: 190}), 50)
+    assert 110 < w.versions(50, {})["v1"].metrics.tick_p99_ms <= 125  # not the calm 15 ms
+    two = StatsWindow()
+    two.add(report("a", outputs=0), 0)
+    two.add(report("b", outputs=0), 0)
+    two.add(report("a", outputs=100, ticks={20: 985}), 10)
+    two.add(report("b", outputs=100, ticks={20: 5, 300: 20}), 10)  # 2 % of all ticks are slow, all b's
+    assert 250 < two.versions(10, {})["v1"].metrics.tick_p99_ms <= 300
+
+
+def test_tick_quantiles_interpolate_inside_their_bucket_like_prometheus():
+    _, le = ticks_at({5: 50, 15: 50})  # half in (0, 10], half in (10, 20]
+    assert quantile(0.5, le, 100) == pytest.approx(10.0)
+    assert quantile(0.75, le, 100) == pytest.approx(15.0)
+    assert quantile(0.99, le, 100) == pytest.approx(19.8)
+    n, le = ticks_at({5000: 10})
+    assert quantile(0.99, le, n) == TICK_BOUNDS_MS[-1]  # beyond the last bound: at least it
+    assert quantile(0.99, [0] * len(TICK_BOUNDS_MS), 0) is None
+
+
+def test_a_replica_too_old_to_count_its_ticks_leaves_the_p99_unmeasured():
+    w = StatsWindow()
+    w.add(ReplicaStats("r", "v1", "interaction", 0, 1, 1, 0, 0, 0), 0)
+    w.add(ReplicaStats("r", "v1", "interaction", 0, 1, 1, 0, 100, 0), 5)
+    assert w.versions(5, {})["v1"].metrics.tick_p99_ms is None
 
 
 def test_turn_latency_is_the_replicas_medians_weighted_by_their_turns():

@@ -41,6 +41,10 @@ def within_binomial(on: int, n: int, p: float) -> bool:
     return n == 0 or abs(on - n * p) <= 4 * math.sqrt(n * p * (1 - p)) + 1
 
 
+def events_of(run: LocalRun) -> list[dict]:
+    return [json.loads(line) for line in (run.state / "rollout" / "events.jsonl").read_text().splitlines()]
+
+
 async def phase_of(run: LocalRun) -> str:
     res = await asyncio.to_thread(rollout_cli, run.env, run.state, "status", "--json")
     return json.loads(res.stdout)["status"]["phase"] if res.returncode == 0 else ""
@@ -65,7 +69,8 @@ async def test_a_rollout_moves_new_calls_and_lets_live_ones_finish_then_a_bad_on
         if await phase_of(run) in ("Promoted", "Draining"):
             break
         await asyncio.sleep(0.5)
-    assert await phase_of(run) == "Draining"  # v2 cannot retire: the WebRTC call is still on it
+    # v2 cannot retire: the WebRTC call is still on it
+    assert await phase_of(run) == "Draining", [(e["reason"], e["message"]) for e in events_of(run)]
 
     def chunks() -> list[dict]:
         return [e for e in webrtc.events if e.get("type") == "chunk"]
@@ -90,7 +95,7 @@ async def test_a_rollout_moves_new_calls_and_lets_live_ones_finish_then_a_bad_on
     assert within_binomial(*per_epoch[1], 0.5), per_epoch  # the 50 % step
     assert all(on == n for e, (on, n) in per_epoch.items() if e is not None and e >= 2), per_epoch
     assert sum(n for e, (_, n) in per_epoch.items() if e is not None) >= 10
-    events = [json.loads(line) for line in (run.state / "rollout" / "events.jsonl").read_text().splitlines()]
+    events = events_of(run)
     assert any(e["reason"] == "DrainDeadline" and f"move to {V1}" in e["message"] for e in events), events
 
     # -- a bad candidate (every tick 300 ms late) is rolled back by its own metrics ----------------
@@ -108,7 +113,7 @@ async def test_a_rollout_moves_new_calls_and_lets_live_ones_finish_then_a_bad_on
     await runner
     st = doc["status"]
     assert st["phase"] == "Aborted" and st["stable"] == V1 and st["weights"] == {V1: 100}
-    events = [json.loads(line) for line in (run.state / "rollout" / "events.jsonl").read_text().splitlines()]
+    events = events_of(run)
     failed = [e for e in events if e["reason"] == "AnalysisFailed"]
     # each failed analysis names what the slow candidate broke (misses, or tick time when the whole
     # machine is so loaded that stable misses deadlines too)

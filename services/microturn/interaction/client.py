@@ -51,6 +51,12 @@ class _NextStreamFailed(Exception):
     """The stream opened for a planned migration broke before taking over."""
 
 
+class _StreamCancelled(Exception):
+    """The session's stream was cancelled on this side while no one meant to end it: grpc.aio cancels
+    the whole RPC when a task is cancelled in the middle of one of its writes or reads (a sender stopped
+    mid-write, say). To the session that is a broken stream like any other."""
+
+
 class InteractionSession:
     def __init__(
         self,
@@ -311,6 +317,12 @@ class InteractionSession:
             except _NextStreamFailed:
                 self._drop_migration()
                 continue
+            except _StreamCancelled:
+                if self._closing:
+                    raise SessionClosed(self.session_id) from None
+                log.info("session %s: stream cancelled locally; recovering", self.session_id)
+                await self._recover_or_switch()
+                continue
             except grpc.aio.AioRpcError as exc:
                 if self._closing:
                     raise SessionClosed(self.session_id) from None
@@ -358,7 +370,8 @@ class InteractionSession:
 
     async def _read_or_stall(self) -> tuple[bool, object]:
         """(from the migration stream?, the next message); TimeoutError when chunks are in flight and
-        none was answered for ``stall_timeout_s``; _NextStreamFailed when the migration stream broke."""
+        none was answered for ``stall_timeout_s``; _NextStreamFailed when the migration stream broke;
+        _StreamCancelled when the stream was cancelled on this side."""
         assert self._call is not None
         loop = asyncio.get_running_loop()
         while True:
@@ -381,6 +394,8 @@ class InteractionSession:
                 return True, read.result()
             if self._read in done:
                 read, self._read = self._read, None
+                if read.cancelled():  # (this task's own cancellation would have ended the wait above)
+                    raise _StreamCancelled
                 self._last_message = loop.time()
                 return False, read.result()
             oldest = next(iter(self._sent_at.values()), None)

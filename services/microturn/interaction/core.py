@@ -16,6 +16,7 @@ Stream protocol (see protos/microturn/v1/interaction.proto):
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import itertools
 import logging
@@ -47,7 +48,7 @@ from microturn.interaction.bridge import DelegationBridge, update_card, update_t
 from microturn.interaction.errors import Code, StreamError
 from microturn.interaction.model_loader import load_model, resolve_device
 from microturn.interaction.session import Arrival, PendingUpdate, Session
-from microturn.interaction.stats import ReplicaStats
+from microturn.interaction.stats import TICK_BOUNDS_MS, ReplicaStats
 from microturn.model import InteractionModel
 from microturn.protocol.chunks import validate_session_id
 from microturn.protocol.clock import ChunkClock, now_unix_ms, now_unix_us
@@ -76,6 +77,9 @@ class TickStats:
     errors: Counter[str] = field(default_factory=Counter)  # typed errors sent, by code
     batches: deque[int] = field(default_factory=lambda: deque(maxlen=1000))
     steps: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=1000))  # (end, ms)
+    # ticks per tick-time bucket (not cumulative): ticks_in[i] took at most TICK_BOUNDS_MS[i] (and more
+    # than the bound before); slower ones are ticks - sum(ticks_in)
+    ticks_in: list[int] = field(default_factory=lambda: [0] * len(TICK_BOUNDS_MS))
     turns: deque[float] = field(default_factory=lambda: deque(maxlen=200))  # turn latencies, ms
 
 
@@ -199,14 +203,13 @@ class InteractionCore:
 
     def report(self) -> ReplicaStats:
         """This replica's service report for the rollout controller (interaction/stats.py)."""
-        steps = sorted(ms for _, ms in list(self.stats.steps))
-        p99 = steps[min(len(steps) - 1, int(0.99 * len(steps)))] if steps else 0.0
         turns = sorted(self.stats.turns)
         st = self.stats
         return ReplicaStats(
             replica=self.replica_id, version=self.engine.model_version, app=self.cfg.app_name,
             at_unix_ms=now_unix_ms(), sessions=len(self.sessions), opened=st.opened, rebuilt=st.rebuilt,
-            outputs=st.outputs, misses=st.misses, errors=dict(st.errors), tick_p99_ms=round(p99, 2),
+            outputs=st.outputs, misses=st.misses, errors=dict(st.errors), ticks=st.ticks,
+            ticks_le=list(itertools.accumulate(st.ticks_in)),
             turn_p50_ms=round(turns[len(turns) // 2], 1) if turns else None, turns=len(turns),
         )  # fmt: skip
 
@@ -734,6 +737,8 @@ class InteractionCore:
         st.ticks += 1
         st.batches.append(len(inputs))
         st.steps.append((time.monotonic(), engine_us / 1000))
+        if (bucket := bisect.bisect_left(TICK_BOUNDS_MS, engine_us / 1000)) < len(TICK_BOUNDS_MS):
+            st.ticks_in[bucket] += 1
         self._m_tick.record(engine_us / 1000, self._attrs)
         self._m_batch.record(len(inputs), self._attrs)
         for (s, chunk), out, updates in zip(batch, results, fed, strict=True):

@@ -83,7 +83,8 @@ def spec_from_cr(spec: dict[str, Any]) -> RolloutSpec:
                     f"spec.analysis.thresholds: unknown metric {name!r}; known: {sorted(thresholds)}"
                 )
             thresholds[name] = Threshold(float(t["limit"]), float(t.get("margin", 0.0)))
-        kw["analysis"] = AnalysisSpec(thresholds=thresholds, min_sessions=int(a.get("minSessions", 5)))
+        kw["analysis"] = AnalysisSpec(thresholds=thresholds, min_sessions=int(a.get("minSessions", 5)),
+                                      miss_z=float(a.get("missZ", AnalysisSpec.miss_z)))  # fmt: skip
         return RolloutSpec(**kw)
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, SpecError):

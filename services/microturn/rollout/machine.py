@@ -323,6 +323,9 @@ def _shift(status: RolloutStatus, spec: RolloutSpec, cand: VersionObservation, s
         waiting = (f"holding step {status.step + 1}: {opened}/{step.min_sessions} candidate sessions, "
                    f"analysis {result.verdict.value} ({result.reason})")  # fmt: skip
         return replace(status, message=waiting), actions
+    actions.append(
+        RecordEvent("AnalysisPassed", f"step {status.step + 1}/{len(spec.steps)}: {result.reason}")
+    )
     if status.step + 1 < len(spec.steps):
         return _enter_step(status, status.step + 1, cand, now, actions)
     promoted = _route(status, {spec.candidate: TOTAL}, actions)

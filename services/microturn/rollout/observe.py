@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from microturn.interaction.stats import ReplicaStats
+from microturn.interaction.stats import TICK_BOUNDS_MS, ReplicaStats
 from microturn.rollout.analysis import SloMetrics
 from microturn.rollout.machine import VersionObservation
 
@@ -59,8 +59,9 @@ class StatsWindow:
 
 
 def _metrics(replicas: list[_Replica], window_s: float) -> SloMetrics | None:
-    outputs = misses = errors = rebuilt = 0
-    session_seconds, tick_p99 = 0.0, 0.0
+    outputs = misses = errors = rebuilt = ticks = 0
+    ticks_le = [0] * len(TICK_BOUNDS_MS)
+    session_seconds = 0.0
     turns = [(last.turn_p50_ms, last.turns) for r in replicas
              if (last := r.reports[-1][1]).turn_p50_ms is not None and last.turns > 0]  # fmt: skip
     for r in replicas:
@@ -70,15 +71,32 @@ def _metrics(replicas: list[_Replica], window_s: float) -> SloMetrics | None:
         errors += sum(last.errors.get(c, 0) - first.errors.get(c, 0) for c in SERVICE_ERRORS)
         rebuilt += last.rebuilt - first.rebuilt
         session_seconds += (first.sessions + last.sessions) / 2 * (t1 - t0)
-        tick_p99 = max(tick_p99, last.tick_p99_ms)
+        if first.ticks_le and last.ticks_le:  # (a replica too old to count its ticks: not measured)
+            ticks += last.ticks - first.ticks
+            ticks_le = [n + b - a for n, a, b in zip(ticks_le, first.ticks_le, last.ticks_le, strict=True)]
     if outputs <= 0:
         return None
     hours = session_seconds / 3600
     return SloMetrics(
         deadline_miss_ratio=misses / outputs,
-        tick_p99_ms=tick_p99,
+        tick_p99_ms=quantile(0.99, ticks_le, ticks),
         stream_error_ratio=errors / outputs,
         recoveries_per_session_hour=rebuilt / hours if hours > 0 else None,
         # the replicas' medians weighted by their turns (a replica with few turns weighs little)
         turn_latency_ms=sum(p * n for p, n in turns) / sum(n for _, n in turns) if turns else None,
+        outputs=outputs,
     )
+
+
+def quantile(q: float, le: list[int], total: int) -> float | None:
+    """The ``q`` quantile of ``total`` tick times counted into TICK_BOUNDS_MS buckets (``le``:
+    cumulative counts), interpolated linearly inside its bucket as Prometheus' histogram_quantile
+    does; at least the last bound when it lies beyond it. None: no tick."""
+    if total <= 0:
+        return None
+    rank, lower, below = q * total, 0.0, 0
+    for bound, n in zip(TICK_BOUNDS_MS, le, strict=True):
+        if n >= rank:
+            return lower + (bound - lower) * (rank - below) / (n - below) if n > below else float(bound)
+        lower, below = float(bound), n
+    return float(TICK_BOUNDS_MS[-1])
