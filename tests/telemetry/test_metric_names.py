@@ -39,6 +39,7 @@ from microturn.telemetry.catalog import BY_FAMILY, BY_NAME, EXPORTER_LABELS, MET
 from microturn.tools import call_id_for
 from microturn.v1 import delegation_pb2, interaction_pb2, interaction_pb2_grpc
 
+from ..background.background_helpers import collect
 from ..edge.webrtc_client import EdgeClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,7 +173,7 @@ async def background_work(bus: Bus, ids: set[str]) -> None:
         updates = await client.session_updates(sid)
         try:
             await client.delegate(req)
-            await final_update(updates, req.delegation_id)
+            await collect(updates, req.delegation_id)
         finally:
             await updates.close()
     junk = b"\xff\xfe not protobuf"
@@ -194,7 +195,7 @@ async def unreadable_tool_result(bus: Bus, ids: set[str]) -> None:
     updates = await client.session_updates(req.session_id)
     try:
         await client.delegate(req)
-        await final_update(updates, req.delegation_id)
+        await collect(updates, req.delegation_id)
     finally:
         await updates.close()
 
@@ -209,18 +210,6 @@ def request(session_id: str, text: str) -> delegation_pb2.DelegationRequest:
         ),
         deadline_unix_ms=int((time.time() + 60) * 1000),
     )
-
-
-async def final_update(updates, delegation_id: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        delivery = await updates.next(timeout_s=max(deadline - time.monotonic(), 0.01))
-        if delivery is None:
-            break
-        await delivery.ack()
-        if delivery.update.delegation_id == delegation_id and delivery.is_last:
-            return
-    raise AssertionError(f"delegation {delegation_id} did not end within {timeout_s} s")
 
 
 async def unknown_session(grpc_port: int, ids: set[str]) -> None:
