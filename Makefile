@@ -21,6 +21,9 @@ PIP := $(PY) -m pip
 # The CPU wheel of torch on these machines; GPU images set TORCH_INDEX_URL to a CUDA wheel index.
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
+# Triton for kernels/: its interpreter (TRITON_INTERPRET=1) runs the kernels' tests on a CPU; a CUDA
+# torch wheel brings the triton it was built with, which is kept.
+TRITON_SPEC ?= triton==3.9.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
@@ -31,6 +34,7 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX_URL),--index-url "$(TORCH_INDEX_URL)")
+	$(PY) -c "import triton" 2>/dev/null || $(PIP) install -q "$(TRITON_SPEC)"
 	$(PIP) install -q -e '.[dev]'
 	@touch $(STAMP)
 
@@ -135,8 +139,8 @@ train: install system-deps
 	$(PY) -m microturn.train --preset tiny-cpu
 
 lint: install
-	$(VENV)/bin/ruff check services tests benchmarks loadtest
-	$(VENV)/bin/ruff format --check services tests benchmarks loadtest
+	$(VENV)/bin/ruff check services tests benchmarks loadtest kernels
+	$(VENV)/bin/ruff format --check services tests benchmarks loadtest kernels
 
 protos: install
 	$(PY) -m microturn.protocol.codegen
