@@ -6,7 +6,36 @@ import numpy as np
 import torch
 
 from microturn.engine import ChunkInput, Engine
-from microturn.model import InteractionModel, TurnBatch
+from microturn.engine.types import StepPlan, StepResult
+from microturn.model import InteractionModel, ModelConfig, TurnBatch
+
+
+class Recorder:
+    """A step observer keeping, per slot, each live step's intermediates and the tokens it read and
+    wrote: what ``full_forward_diffs`` compares with one full forward."""
+
+    def __init__(self, cfg: ModelConfig):
+        self.cfg = cfg
+        self.by_slot: dict[int, list[dict[str, object]]] = {}
+        self._pending: dict[str, torch.Tensor] = {}
+
+    def tensor(self, name: str, value: torch.Tensor) -> None:
+        self._pending[name] = value.clone()
+
+    def step_done(self, plan: StepPlan, result: StepResult) -> None:
+        cfg = self.cfg
+        for i, slot in enumerate(plan.slots):
+            rec: dict[str, object] = {k: v[i] for k, v in self._pending.items()}
+            rec["text_in"] = torch.tensor(plan.text_in[i])
+            rec["text_out"] = torch.tensor(result.text_ids[i])
+            lev = torch.from_numpy(result.audio_out_levels[i]).long()
+            rec["audio_out"] = lev.view(-1, cfg.frames_per_audio_token, cfg.n_mels)
+            rec["has_video"] = plan.video[i] is not None
+            self.by_slot.setdefault(slot, []).append(rec)
+        self._pending = {}
+
+    def of(self, engine: Engine, sid: str) -> list[dict[str, object]]:
+        return self.by_slot[engine.sessions[sid].slot]
 
 
 def make_chunks(
@@ -25,11 +54,11 @@ def make_chunks(
 
 
 def full_forward_diffs(
-    model: InteractionModel, engine: Engine, sid: str, chunks: list[ChunkInput]
+    model: InteractionModel, engine: Engine, rec: Recorder, sid: str, chunks: list[ChunkInput]
 ) -> tuple[float, float]:
     """Max |difference| of text logits and flow conditions between the engine's recorded streaming run
     and one full forward over the same tokens (same sliding-window + sink mask)."""
-    recs = engine.records[sid]
+    recs = rec.of(engine, sid)
     n, cfg = len(recs), model.cfg
     assert n == len(chunks)
     pcm = torch.from_numpy(np.concatenate([c.pcm for c in chunks]))[None]

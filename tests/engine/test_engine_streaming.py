@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from engine_helpers import full_forward_diffs, make_chunks
+from engine_helpers import Recorder, full_forward_diffs, make_chunks
 from torch.profiler import ProfilerActivity, profile
 
 from microturn.engine import ChunkInput, Engine
@@ -32,7 +32,8 @@ def test_moe_decode_paths_stream_equal(gather_max):
 
 
 def check_streaming(model: InteractionModel, gather_max: int | None) -> None:
-    eng = Engine(model, 4, record=True, moe_gather_max_tokens=gather_max)
+    rec = Recorder(model.cfg)
+    eng = Engine(model, 4, moe_gather_max_tokens=gather_max, observer=rec)
     eng.open("other", 3)
     eng.open("a", 11)
     n = 12  # window is 3 turns: the ring wraps several times
@@ -41,24 +42,26 @@ def check_streaming(model: InteractionModel, gather_max: int | None) -> None:
     others = make_chunks("other", n, seed=2)
     for k in range(n):
         eng.step([chunks[k]] + ([others[k]] if k % 2 else []))
-    d_logits, d_cond = full_forward_diffs(model, eng, "a", chunks)
+    d_logits, d_cond = full_forward_diffs(model, eng, rec, "a", chunks)
     assert d_logits < 1e-4 and d_cond < 1e-4
     # a one-slot engine (no other rows in the tick) agrees too
-    eng2 = Engine(model, 1, record=True, moe_gather_max_tokens=gather_max)
+    rec2 = Recorder(model.cfg)
+    eng2 = Engine(model, 1, moe_gather_max_tokens=gather_max, observer=rec2)
     eng2.open("a", 11)
     for c in chunks:
         eng2.step([c])
-    assert full_forward_diffs(model, eng2, "a", chunks)[1] < 1e-4
+    assert full_forward_diffs(model, eng2, rec2, "a", chunks)[1] < 1e-4
 
 
 def test_full_mask_differs_from_window(model):
     """Guard for the test above: with a longer window the reference really changes."""
-    eng = Engine(model, 1, record=True)
+    rec = Recorder(model.cfg)
+    eng = Engine(model, 1, observer=rec)
     eng.open("a", 1)
     chunks = make_chunks("a", 8, seed=4)
     for c in chunks:
         eng.step([c])
-    recs = eng.records["a"]
+    recs = rec.of(eng, "a")
     from microturn.model import TurnBatch
 
     batch = TurnBatch(

@@ -41,3 +41,15 @@ def test_tokens_depend_only_on_patch_content():
     a, b = h(f), h(g)
     assert torch.allclose(a[:, 0], b[:, 3], atol=1e-6) and torch.allclose(a[:, 3], b[:, 0], atol=1e-6)
     assert torch.allclose(a[:, 1], b[:, 1], atol=1e-6)
+
+
+def test_step_equals_forward():
+    """The engine's allocation-free step (workspace for 3 frames, run on 2) == forward."""
+    torch.manual_seed(2)
+    h = HMLP(CFG).eval()
+    f = frames(3)
+    ws = h.workspace(3)
+    out = torch.empty(2, 4, CFG.d_model)
+    with torch.no_grad():
+        h.step_(f, ws, out)
+        assert torch.allclose(out, h(f), atol=1e-5)

@@ -1,4 +1,5 @@
-"""MoE: gather + GEMV (decode) and dense-all (prefill) equal the training dispatch path."""
+"""MoE: gather + GEMV (decode) and dense-all (prefill) steps equal the training dispatch path; the dense
+SwiGLU step equals its forward."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from microturn.model import preset
-from microturn.model.moe import MoE
+from microturn.model.moe import MoE, SwiGLU
 
 CFG = preset("test", n_experts=6, top_k=2, d_ff_expert=24)
 
@@ -18,8 +19,25 @@ def test_paths_agree(n_tokens):
     x = torch.randn(n_tokens, CFG.d_model)
     w, idx, _ = moe.route(x)
     ref = moe.dispatch(x, w, idx)
-    assert torch.allclose(moe.gather_gemv(x, w, idx), ref, atol=1e-5)
-    assert torch.allclose(moe.dense_all(x, w, idx), ref, atol=1e-5)
+    ws = moe.workspace(n_tokens, n_tokens)
+    with torch.no_grad():
+        w_, idx_ = moe.route_(x, ws)
+        assert torch.equal(idx_, idx) and torch.allclose(w_, w, atol=1e-6)
+        gather = moe.gather_gemv_(x, torch.empty_like(x), ws).clone()
+        dense = moe.dense_all_(x, torch.empty_like(x), ws)
+    assert torch.allclose(gather, ref, atol=1e-5)
+    assert torch.allclose(dense, ref, atol=1e-5)
+    assert torch.allclose(moe(x)[0], ref, atol=1e-6)
+
+
+def test_swiglu_step_equals_forward():
+    torch.manual_seed(5)
+    ffn = SwiGLU(CFG.d_model, CFG.d_ff)
+    x = torch.randn(9, CFG.d_model)
+    a, b = torch.empty(9, CFG.d_ff), torch.empty(9, CFG.d_ff)
+    with torch.no_grad():
+        got = ffn.step_(x, torch.empty_like(x), a, b)
+        assert torch.allclose(got, ffn(x), atol=1e-6)
 
 
 def test_dispatch_equals_explicit_per_token_sum():

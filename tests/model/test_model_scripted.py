@@ -66,7 +66,7 @@ def test_the_shipped_weights_do_not_delegate_typed_text(scripted):
 def test_a_rebuilt_session_goes_on_with_its_script(scripted):
     """Rebuilt from its last turns while the answer is being said, a session says the rest of it."""
     answer = "The answer is 391, since 17 times 23 is 391."
-    a = Engine(scripted, 1, record=False)
+    a = Engine(scripted, 1)
     a.open("s", seed=5)
     outs = run(a, "s", 30, background={2: [answer]})
     span = [(ChunkInput("s", o.chunk_index, SILENCE, None, [], [answer] if o.chunk_index == 2 else []), o.resume)

@@ -25,9 +25,13 @@ from microturn.engine.types import (
     EngineError,
     EngineEvent,
     EngineFullError,
+    ForcedTurn,
     InvalidChunkError,
     ResumePoint,
     SpeakingChanged,
+    StepObserver,
+    StepPlan,
+    StepResult,
     UnknownSessionError,
 )
 from microturn.model import tokens as tk
@@ -86,8 +90,8 @@ class Engine:
         max_video_frames: int = 30,
         delegation_max_bytes: int = 2048,
         speaking_threshold: float = -5.0,
-        record: bool = False,
         moe_gather_max_tokens: int | None = None,
+        observer: StepObserver | None = None,
     ):
         if num_slots < 1:
             raise EngineError(f"num_slots must be >= 1, got {num_slots}")
@@ -106,20 +110,9 @@ class Engine:
         # a model may bring its own executor (microturn.model.scripted: a test model's text script)
         executor_class = getattr(model, "executor_class", None) or Executor
         self.ex = executor_class(self.model, num_slots, self.device, moe_gather_max_tokens)
+        self.ex.observer = observer
         self.sessions: dict[str, SessionState] = {}
         self._free = list(range(num_slots))
-        self.record = record
-        self.records: dict[str, list[dict[str, object]]] = {}
-        lay = self.layout
-        self._rel_pre = np.arange(lay.out_marker + 1, dtype=np.int64)
-        self._rel_dec = np.array(
-            [lay.text_out + j for j in range(lay.n_text_out)]
-            + [lay.audio_out + j for j in range(lay.n_audio_out - 1)],
-            dtype=np.int64,
-        )
-        # a forced turn is one block: the previous turn's last audio-out token, then the whole turn
-        self._rel_forced = np.arange(lay.turn_len - 1, dtype=np.int64)
-        self._h_off = np.arange(self.ex.nkv, dtype=np.int64) * self.ex.ctx
 
     # ---- properties -------------------------------------------------------------------------------
     @property
@@ -132,16 +125,7 @@ class Engine:
 
     def slot_bytes(self) -> int:
         """Device memory one slot owns (KV ring + ring positions + audio/vocoder history)."""
-        ex = self.ex
-        per = lambda t, n: t.element_size() * t.numel() // n  # noqa: E731
-        return (
-            per(ex.k_cache, ex.num_slots + 1)
-            + per(ex.v_cache, ex.num_slots + 1)
-            + per(ex.ring_pos, ex.num_slots + 1)
-            + per(ex.audio_hist, ex.num_slots)
-            + per(ex.voc_tail, ex.num_slots)
-            + per(ex.pending, ex.num_slots)
-        )
+        return self.ex.slot_bytes()
 
     # ---- lifecycle --------------------------------------------------------------------------------
     def open(self, session_id: str, seed: int) -> None:
@@ -159,8 +143,6 @@ class Engine:
         slot = self._free.pop(0)  # lowest first: active sessions stay in a compact slot range
         self.ex.reset_slot(slot)
         self.sessions[session_id] = SessionState(session_id=session_id, seed=seed, slot=slot)
-        if self.record:
-            self.records[session_id] = []
 
     def close(self, session_id: str) -> None:
         s = self._get(session_id)
@@ -298,85 +280,51 @@ class Engine:
             sess.append(s)
         return sess
 
-    def _stage(
-        self, inputs: Sequence[ChunkInput], sess: list[SessionState], forced: Sequence[ResumePoint] | None
-    ) -> tuple[int, int, int, list[tuple[int, int]], list[list[int]]]:
-        """Fill the executor's staging arrays for one step; touches no session state. Returns the slot
-        range (lo, rows), the number of sessions, their (row, sampling seed) and the text-in tokens each
-        live session takes from its queue (committed only once the step succeeded)."""
-        ex, lay = self.ex, self.layout
-        slots = np.array([s.slot for s in sess], dtype=np.int64)
-        lo = int(slots.min())
-        rows = int(slots.max()) - lo + 1
-        S, T, ring, nkv, ctx, trash = ex.S, ex.T, ex.ring, ex.nkv, ex.ctx, ex.trash
-        ex.h_has_video[:rows] = False
-        ex.h_text[:rows] = tk.PAD
-        part = np.zeros(rows, dtype=bool)
-        base = np.zeros(rows, dtype=np.int64)
-        pend = np.full(rows, -1, dtype=np.int64)
-        seeds: list[tuple[int, int]] = []
+    def _plan(
+        self,
+        inputs: Sequence[ChunkInput],
+        sess: list[SessionState],
+        forced: Sequence[ResumePoint] | None = None,
+        kv_layers: int | None = None,
+    ) -> tuple[StepPlan, list[list[int]]]:
+        """The step's plan, and the text-in tokens each live session takes from its queue (committed
+        only once the step succeeded); touches no state."""
+        n_ti = self.layout.n_text_in
+        text_in: list[list[int]] = []
         taken: list[list[int]] = []
         for i, (c, s) in enumerate(zip(inputs, sess, strict=True)):
-            r = s.slot - lo
-            part[r] = True
-            np.copyto(ex.h_pcm[r], c.pcm)
-            if c.video is not None and c.video.shape[0] > 0:
-                np.copyto(ex.h_video[r], c.video[-1])
-                ex.h_has_video[r] = True
             if forced is not None:
-                rp = forced[i]
-                ex.h_text[r] = rp.text_in_ids
-                ex.h_fids[:, r] = rp.text_out_ids
-                ex.h_flev[r] = rp.audio_out_levels
-            else:
-                new = itertools.chain(
-                    (x for t in c.text for x in tk.encode_text(t)),
-                    (x for t in c.background for x in tk.encode_background(t)),
-                )
-                take = list(itertools.islice(itertools.chain(s.queue, new), lay.n_text_in))
-                ex.h_text[r, : len(take)] = take
-                taken.append(take)
-            base[r] = S + int(c.chunk_index) * T
-            if s.last_index is not None:
-                pend[r] = S + (s.last_index + 1) * T - 1
-            seeds.append((r, step_seed(s.seed, int(c.chunk_index))))
-        # positions and write indices (holes and the missing pending token of a first chunk go to trash)
-        slot_col = (lo + np.arange(rows, dtype=np.int64))[:, None]
-        rel = self._rel_forced if forced is not None else self._rel_pre
-        pos_pre = base[:, None] + np.concatenate([[-1], rel])[None]
-        pos_pre[:, 0] = pend
-        valid_pre = np.repeat(part[:, None], pos_pre.shape[1], axis=1)
-        valid_pre[:, 0] &= pend >= 0
-        pos_pre[~valid_pre] = 0
-        blocks = [(ex.forced_blk if forced is not None else 0, pos_pre, np.where(valid_pre, slot_col, trash))]
-        if forced is None:
-            pos_dec = (base[:, None] + self._rel_dec[None]).T.copy()  # [n_dec, rows]
-            pos_dec[:, ~part] = 0
-            ws_dec = np.where(part, slot_col[:, 0], trash)[:, None]
-            blocks += [(1 + j, pos_dec[j][:, None], ws_dec) for j in range(ex.n_dec)]
-        for blk, pos, ws in blocks:
-            ring_i = S + (pos - S) % ring
-            n = pos.size
-            ex.h_pos[blk, :n] = pos.reshape(-1)
-            ex.h_rpidx[blk, :n] = (ws * ctx + ring_i).reshape(-1)
-            ex.h_kvidx[blk, : n * nkv] = ((ws * nkv * ctx + ring_i)[..., None] + self._h_off).reshape(-1)
-        pr = np.nonzero(part)[0]
-        ex.h_part[0, : len(pr)] = pr
-        ex.h_part[1, : len(pr)] = pr + lo
-        return lo, rows, len(pr), seeds, taken
+                text_in.append([int(x) for x in forced[i].text_in_ids])
+                continue
+            new = itertools.chain(
+                (x for t in c.text for x in tk.encode_text(t)),
+                (x for t in c.background for x in tk.encode_background(t)),
+            )
+            take = list(itertools.islice(itertools.chain(s.queue, new), n_ti))
+            taken.append(take)
+            text_in.append(take + [tk.PAD] * (n_ti - len(take)))
+        plan = StepPlan(
+            slots=[s.slot for s in sess],
+            chunk_index=[int(c.chunk_index) for c in inputs],
+            prev_index=[s.last_index for s in sess],
+            seeds=[step_seed(s.seed, int(c.chunk_index)) for c, s in zip(inputs, sess, strict=True)],
+            pcm=[c.pcm for c in inputs],
+            video=[c.video[-1] if c.video is not None and c.video.shape[0] > 0 else None for c in inputs],
+            text_in=text_in,
+            forced=None
+            if forced is None
+            else [ForcedTurn(list(rp.text_out_ids), rp.audio_out_levels) for rp in forced],
+            kv_layers=kv_layers,
+        )
+        return plan, taken
 
     def _step(self, inputs: Sequence[ChunkInput], sess: list[SessionState]) -> list[ChunkOutput]:
         if not inputs:
             return []
-        ex, lay, cfg = self.ex, self.layout, self.cfg
-        lo, rows, n_part, seeds, taken = self._stage(inputs, sess, None)
-        if self.record:
-            ex.records = []
-        ex.run(lo, rows, n_part, seeds)
-
+        plan, taken = self._plan(inputs, sess)
+        res: StepResult = self.ex.execute(plan)
         outputs = []
-        for c, s, take in zip(inputs, sess, taken, strict=True):
-            r = s.slot - lo
+        for i, (c, s, take) in enumerate(zip(inputs, sess, taken, strict=True)):
             for t in c.text:
                 s.queue.extend(tk.encode_text(t))
             for t in c.background:
@@ -384,9 +332,9 @@ class Engine:
             for _ in take:
                 s.queue.popleft()
             events: list[EngineEvent] = []
-            ids = [int(ex.h_ids[j, r]) for j in range(lay.n_text_out)]
+            ids = res.text_ids[i]
             text = self._parse_text(s, ids, events)
-            speaking = bool(ex.h_energy[r] > self.speaking_threshold)
+            speaking = res.energy[i] > self.speaking_threshold
             if speaking != s.speaking:
                 s.speaking = speaking
                 events.append(SpeakingChanged(speaking=speaking))
@@ -395,34 +343,23 @@ class Engine:
                 ChunkOutput(
                     session_id=c.session_id,
                     chunk_index=int(c.chunk_index),
-                    pcm=ex.h_pcm_out[r].copy(),
+                    pcm=res.pcm[i],
                     text=text,
                     events=events,
                     model_version=self.model_version,
                     resume=ResumePoint(
-                        text_in_ids=[int(x) for x in ex.h_text[r]],
+                        text_in_ids=plan.text_in[i],
                         text_out_ids=ids,
-                        audio_out_levels=ex.h_aout[r].copy(),
+                        audio_out_levels=res.audio_out_levels[i],
                         queued_text_ids=list(s.queue),
                         in_delegation=s.in_delegation,
                         delegation=bytes(s.delegation),
                         speaking=s.speaking,
                         decoder_pending=s.decoder.getstate()[0],
-                        vocoder_tail=ex.h_tail[r].copy(),
+                        vocoder_tail=res.vocoder_tail[i],
                     ),
                 )
             )
-            if self.record and ex.records:
-                rec: dict[str, object] = {k: v[r].clone() for k, v in ex.records[0].items()}
-                rec["text_in"] = ex.t_text[r].clone()
-                rec["text_out"] = torch.tensor(ids)
-                rec["audio_out"] = ex.lb(
-                    "aout", rows, lay.n_audio_out, cfg.frames_per_audio_token, cfg.n_mels
-                )[r].clone()
-                rec["has_video"] = bool(ex.h_has_video[r])
-                self.records[c.session_id].append(rec)
-        if self.record:
-            ex.records = None
         return outputs
 
     # ---- rebuilding a session from resume points -------------------------------------------------
@@ -499,8 +436,8 @@ class Engine:
             groups.setdefault(self.kv_layers(r), []).append(i)
         for n_layers, idx in groups.items():
             inputs = [items[i][0] for i in idx]
-            lo, rows, n_part, _, _ = self._stage(inputs, [sess[i] for i in idx], [items[i][1] for i in idx])
-            self.ex.run_forced(lo, rows, n_part, n_layers)
+            plan, _ = self._plan(inputs, [sess[i] for i in idx], [items[i][1] for i in idx], n_layers)
+            self.ex.execute(plan)
             for c, i in zip(inputs, idx, strict=True):
                 sess[i].last_index = int(c.chunk_index)
 
@@ -512,7 +449,7 @@ class Engine:
         s.in_delegation, s.delegation = last.in_delegation, bytearray(last.delegation)
         s.speaking = last.speaking
         s.decoder.setstate((last.decoder_pending, 0))
-        self.ex.voc_tail[s.slot].copy_(torch.from_numpy(last.vocoder_tail))
+        self.ex.set_vocoder_tail(s.slot, last.vocoder_tail)
         s.resuming = False
 
     def resume(self, session_id: str, seed: int, span: Sequence[tuple[ChunkInput, ResumePoint]]) -> None:

@@ -1,10 +1,19 @@
 """The executor: one batched micro-turn over preallocated buffers (no tensor allocation in steady state).
 
 Everything the step touches is allocated here once: the per-slot KV ring (keys stored already rotated),
-ring positions, audio/vocoder history, and flat work buffers sized for all slots at the longest token
-count. Ops write with ``out=`` or in place; scalars are 0-dim constant tensors (a Python scalar in an
-arithmetic op makes a temporary tensor). The host side (``engine.py``) only writes into numpy-backed
-staging arrays that alias torch tensors.
+ring positions, audio/vocoder history, and work buffers sized for all slots at the longest token count
+(flat ones here, and each model module's workspace). Ops write with ``out=`` or in place; scalars are 0-dim
+constant tensors (a Python scalar in an arithmetic op makes a temporary tensor).
+
+The model math is the modules' own streaming steps, next to their ``forward`` (``DMel.levels_``,
+``InteractionModel.embed_prefill_``, ``RMSNorm.forward_``, ``Attention.kv_`` / ``attend_``,
+``SwiGLU.step_``, ``MoE.gather_gemv_`` / ``dense_all_``, ``FlowHead.sample_``, ``GriffinLim.chunk_``),
+each tested equal to its forward; this file is orchestration: buffers, the KV-ring layout and masks, the
+block loop, sampling noise and the commit of each session's small state.
+
+The boundary: the scheduler (``engine.py``) hands ``execute`` a ``StepPlan`` (slots, chunk indices, seeds,
+inputs) and gets a ``StepResult`` back. Everything about rows, positions, the KV layout and ring indices
+is derived here, into numpy staging arrays that alias (pinned) torch tensors.
 
 Rows and slots: a step covers the contiguous slot range ``[lo, lo + rows)`` that contains all its sessions
 (slots are handed out lowest-first, so this is usually exactly the active sessions). Row ``r`` is slot
@@ -24,16 +33,16 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from microturn.engine.types import StepObserver, StepPlan, StepResult
 from microturn.model import tokens as tk
-from microturn.model.flow import time_embedding
-from microturn.model.hmlp import cells_view
 from microturn.model.model import InteractionModel
 from microturn.model.moe import MoE
+from microturn.model.transformer import rope_cos_sin_
 
 NEG_POS = -(2**40)  # ring position of an empty entry: never inside any window
+EMB_CHUNK_CPU = 16  # dMel tokens per embedding gather on a CPU (16 x 320 rows of d: cache-sized; measured)
 
 
 class Executor:
@@ -60,7 +69,6 @@ class Executor:
         self.ctx = self.S + self.ring
         self.n_dec = lay.n_text_out + lay.n_audio_out - 1
         self.L, self.nkv, self.H, self.hd = cfg.n_layers, cfg.n_kv_heads, cfg.n_heads, cfg.head_dim
-        self.group = self.H // self.nkv
         B, d, dev = num_slots, cfg.d_model, device
         f32 = dict(device=dev, dtype=torch.float32)
         i64 = dict(device=dev, dtype=torch.long)
@@ -112,45 +120,23 @@ class Executor:
         c = lambda v, dt=torch.float32: torch.tensor(v, dtype=dt, device=dev)  # noqa: E731
         self.c_zero, self.c_ninf = c(0.0), c(float("-inf"))
         self.c_window = c(self.window, torch.long)
-        self.c_scale = c(1.0 / math.sqrt(self.hd))
-        self.c_inv_d = c(1.0 / d)
-        self.c_eps = c(cfg.norm_eps)
-        self.c_ln_eps = c(1e-5)
         self.c_inv_temp = c(1.0 / cfg.temperature if cfg.temperature > 0 else 1.0)
         self.c_half, self.c_center = c(model.flow.half), c(model.flow.center)
         self.c_flow_temp = c(cfg.flow_temperature)
         self.c_i16 = c(32767.0)
         self.c_inv_melsum = c(1.0 / (cfg.frames_per_chunk * cfg.n_mels))
-        self.c_one = c(1.0)
         self.sink_col = torch.zeros(self.ctx, dtype=torch.bool, device=dev)
         self.sink_col[: self.S] = True
         self.inv_freq = model.transformer.inv_freq.to(dev)
-        self.emb_base = model.audio_in_emb.base.to(dev)  # [fpt * mels]
 
-        # per-token offsets for the prefill ([last audio-out of previous turn, IN .. OUT]) and decode tokens
-        off = model.offset_emb.detach()
-        self.pre_offset = (
-            torch.cat([off[self.T - 1 : self.T], off[: lay.out_marker + 1]]).to(dev).contiguous()
-        )
-        dec_offsets = [lay.text_out + j for j in range(lay.n_text_out)] + [
-            lay.audio_out + j for j in range(lay.n_audio_out - 1)
-        ]
-        self.dec_offset = off[dec_offsets].to(dev).contiguous()  # [n_dec, d]
-        # flow head: time embedding through in_t plus in_x's bias, per Euler step
-        fl = model.flow
-        ts = torch.arange(cfg.flow_steps, dtype=torch.float32) / cfg.flow_steps
-        with torch.no_grad():
-            self.flow_tproj = (fl.in_t(time_embedding(ts.to(dev))) + fl.in_x.bias).contiguous()
-        self.c_dt = 1.0 / cfg.flow_steps
+        self.flow_ws = model.flow.workspace(B, dev)
 
         # ---- flat work buffers ----
         N = B * self.block
         ff = cfg.d_ff if cfg.n_experts == 0 else cfg.d_ff_expert
-        E, K = max(cfg.n_experts, 1), cfg.top_k
         hh = self.hd // 2
         G = min(B, self.moe_gather_max_tokens)  # gathered expert weights are only needed for this many tokens
         F_ = cfg.frames_per_chunk
-        nb = cfg.win // 2 + 1
         lvl = cfg.n_levels
         fpt, nm = cfg.frames_per_audio_token, cfg.n_mels
         sizes = {
@@ -159,55 +145,17 @@ class Executor:
             "tmpd": N * d,
             "sq": N * d,
             "stat": N,
-            "q": N * self.H * self.hd,
-            "qb": N * self.H * self.hd,
-            "k": N * self.nkv * self.hd,
             "krot": N * self.nkv * self.hd,
             "v": N * self.nkv * self.hd,
-            "scores": N * self.H * self.ctx,
-            "probs": N * self.H * self.ctx,
-            "ob": N * self.H * self.hd,
-            "ao": N * self.H * self.hd,
             "maskf": N * self.ctx,
-            "posf": N,
-            "ang": N * hh,
             "cos": N * hh,
             "sin": N * hh,
-            "ff_a": N * (ff * E if cfg.n_experts else ff),
-            "ff_b": N * (ff * E if cfg.n_experts else ff),
-            "router": N * E,
-            "topv": N * K,
-            "topw": N * K,
-            "gate": N * E,
-            "xr": B * K * d,
-            "wg": G * K * ff * d if cfg.n_experts else 1,
-            "wu": G * K * ff * d if cfg.n_experts else 1,
-            "wd": G * K * ff * d if cfg.n_experts else 1,
-            "hg": B * K * ff,
-            "hu": B * K * ff,
-            "yg": B * K * d,
-            "sig": B * (cfg.win - cfg.hop + spc),
-            "frames": B * F_ * cfg.win,
-            "spec": B * F_ * 2 * nb,
-            "power": B * F_ * nb,
-            "logmel": B * F_ * nm,
-            "lscratch": B * F_ * nm,
-            "onehot": B * lay.n_audio_in * fpt * nm * lvl,
-            "embtmp": B * max(lay.n_audio_in, lay.n_text_in, 1) * d,
-            "cells": B * lay.n_video * cfg.patch * cfg.patch * 3,
-            "v1": B * lay.n_video * 16 * cfg.hmlp_dims[0],
-            "v1s": B * lay.n_video * 16 * cfg.hmlp_dims[0],
-            "v2": B * lay.n_video * 4 * cfg.hmlp_dims[1],
-            "v2s": B * lay.n_video * 4 * cfg.hmlp_dims[1],
-            "vstat": B * lay.n_video * 16,
-            "vtok": B * lay.n_video * d,
+            "ff_a": 1 if cfg.n_experts else N * ff,
+            "ff_b": 1 if cfg.n_experts else N * ff,
             "logits": B * tk.VOCAB_SIZE,
             "gumbel": B * lay.n_text_out * tk.VOCAB_SIZE,
             "noise": B * lay.n_audio_out * cfg.mel_dim,
-            "cpart": B * cfg.flow_hidden,
             "fx": B * cfg.mel_dim,
-            "fh": B * cfg.flow_hidden,
-            "fh2": B * cfg.flow_hidden,
             "fv": B * cfg.mel_dim,
             "melout": B * F_ * nm,
             "pcmf": B * spc,
@@ -216,24 +164,37 @@ class Executor:
             "commit": B * max(spc, fpt * nm * lvl),
         }
         self.buf = {k: torch.zeros(v, **f32) for k, v in sizes.items()}
+        ffn0 = model.transformer.blocks[0].ffn
+        self.moe_ws = ffn0.workspace(N, G, dev) if isinstance(ffn0, MoE) else None
         self.f64 = {k: torch.zeros(N * hh, device=dev, dtype=torch.float64) for k in ("posf", "ang", "cs")}
         lsizes = {
             "qlo": N,
-            "topi": N * K,
-            "gidx": B * K,
             "lev": B * F_ * nm,
-            "ohidx": B * lay.n_audio_in * fpt * nm,
             "aout": B * lay.n_audio_out * fpt * nm,
             "commit": B * fpt * nm,
         }
         self.lbuf = {k: torch.zeros(v, **i64) for k, v in lsizes.items()}
         self.mask_a = torch.zeros(N * self.ctx, dtype=torch.bool, device=dev)
         self.mask_b = torch.zeros(N * self.ctx, dtype=torch.bool, device=dev)
-        self.ones_oh = torch.ones(B * lay.n_audio_in * fpt * nm, **f32)
         self.voc_ws = model.vocoder.workspace(B, dev)
-        self._ln_const = {c_: torch.tensor(1.0 / c_, device=dev) for c_ in cfg.hmlp_dims}
+        self.embed_ws = model.embed_workspace(
+            B, EMB_CHUNK_CPU if dev.type == "cpu" else B * lay.n_audio_in, dev
+        )
+        self.dmel_ws = model.dmel.workspace(B, dev)
+        self.attn_ws = model.transformer.blocks[0].attn.workspace(N, self.ctx, dev)  # shared by the layers
         self.gens: list[torch.Generator] = [torch.Generator(device=dev) for _ in range(B)]
-        self.records: list[dict[str, Tensor]] | None = None  # set by the engine when recording
+        self.observer: StepObserver | None = None
+        self._obs_rows: Tensor | None = None  # rows in plan order, while an observed step runs
+        # offsets within a turn of the prefill tokens (after the pending one), the decode tokens and a
+        # forced turn (the previous turn's last audio-out token, then the whole turn)
+        self._rel_pre = np.arange(lay.out_marker + 1, dtype=np.int64)
+        self._rel_dec = np.array(
+            [lay.text_out + j for j in range(lay.n_text_out)]
+            + [lay.audio_out + j for j in range(lay.n_audio_out - 1)],
+            dtype=np.int64,
+        )
+        self._rel_forced = np.arange(lay.turn_len - 1, dtype=np.int64)
+        self._h_off = np.arange(self.nkv, dtype=np.int64) * self.ctx
 
     # ---- helpers ----------------------------------------------------------------------------------
     def b(self, name: str, *shape: int) -> Tensor:
@@ -243,26 +204,6 @@ class Executor:
     def lb(self, name: str, *shape: int) -> Tensor:
         n = math.prod(shape)
         return self.lbuf[name][:n].view(*shape)
-
-    def _rmsnorm(self, x: Tensor, w: Tensor, out: Tensor) -> None:
-        n = x.shape[0]
-        sq, stat = self.b("sq", *x.shape), self.b("stat", n, 1)
-        torch.mul(x, x, out=sq)
-        torch.sum(sq, -1, keepdim=True, out=stat)
-        stat.mul_(self.c_inv_d).add_(self.c_eps).rsqrt_()
-        torch.mul(x, stat, out=out)
-        out.mul_(w)
-
-    def _layernorm_(
-        self, x: Tensor, w: Tensor, bias: Tensor, scratch: Tensor, stat: Tensor, inv_c: Tensor
-    ) -> None:
-        torch.sum(x, -1, keepdim=True, out=stat)
-        stat.mul_(inv_c)
-        x.sub_(stat)
-        torch.mul(x, x, out=scratch)
-        torch.sum(scratch, -1, keepdim=True, out=stat)
-        stat.mul_(inv_c).add_(self.c_ln_eps).rsqrt_()
-        x.mul_(stat).mul_(w).add_(bias)
 
     # ---- slot lifecycle ---------------------------------------------------------------------------
     def reset_slot(self, slot: int) -> None:
@@ -286,11 +227,114 @@ class Executor:
             "pending": self.pending[slot].clone(),
         }
 
+    def slot_bytes(self) -> int:
+        """Device memory one slot owns (KV ring + ring positions + audio/vocoder history)."""
+        per = lambda t, n: t.element_size() * t.numel() // n  # noqa: E731
+        return (
+            per(self.k_cache, self.num_slots + 1)
+            + per(self.v_cache, self.num_slots + 1)
+            + per(self.ring_pos, self.num_slots + 1)
+            + per(self.audio_hist, self.num_slots)
+            + per(self.voc_tail, self.num_slots)
+            + per(self.pending, self.num_slots)
+        )
+
+    def set_vocoder_tail(self, slot: int, tail: np.ndarray) -> None:
+        """A rebuilt session's vocoder state (a forced turn does not vocode)."""
+        self.voc_tail[slot].copy_(torch.from_numpy(tail))
+
+    # ---- the boundary -----------------------------------------------------------------------------
+    def execute(self, plan: StepPlan) -> StepResult:
+        """Run one planned micro-turn: stage its inputs, positions and KV-ring indices, compute (``run``
+        or ``run_forced``), read the outputs back in the plan's order."""
+        lo, rows, n_part, row_of = self._stage(plan)
+        if plan.forced is not None:
+            self.run_forced(lo, rows, n_part, plan.kv_layers)
+            return StepResult.empty()
+        obs = self.observer
+        if obs is not None:
+            self._obs_rows = torch.tensor(row_of, dtype=torch.long, device=self.device)
+        try:
+            self.run(lo, rows, n_part, list(zip(row_of, plan.seeds, strict=True)))
+        finally:
+            self._obs_rows = None
+        res = StepResult(
+            text_ids=[[int(self.h_ids[j, r]) for j in range(self.lay.n_text_out)] for r in row_of],
+            pcm=[self.h_pcm_out[r].copy() for r in row_of],
+            energy=[float(self.h_energy[r]) for r in row_of],
+            audio_out_levels=[self.h_aout[r].copy() for r in row_of],
+            vocoder_tail=[self.h_tail[r].copy() for r in row_of],
+        )
+        if obs is not None:
+            obs.step_done(plan, res)
+        return res
+
+    def _observe(self, name: str, rows_value: Tensor) -> None:
+        if self.observer is not None and self._obs_rows is not None:
+            self.observer.tensor(name, rows_value.index_select(0, self._obs_rows))
+
+    def _stage(self, plan: StepPlan) -> tuple[int, int, int, list[int]]:
+        """Fill the staging arrays: inputs per row, positions and write indices per block (holes and
+        the missing pending token of a first chunk write to the trash slot). Returns the slot range
+        (lo, rows), the number of sessions and each session's row."""
+        S, T, ring, nkv, ctx, trash = self.S, self.T, self.ring, self.nkv, self.ctx, self.trash
+        forced = plan.forced
+        slots = np.asarray(plan.slots, dtype=np.int64)
+        lo = int(slots.min())
+        rows = int(slots.max()) - lo + 1
+        row_of = [int(s) - lo for s in plan.slots]
+        self.h_has_video[:rows] = False
+        self.h_text[:rows] = tk.PAD
+        part = np.zeros(rows, dtype=bool)
+        base = np.zeros(rows, dtype=np.int64)
+        pend = np.full(rows, -1, dtype=np.int64)
+        for i, r in enumerate(row_of):
+            part[r] = True
+            np.copyto(self.h_pcm[r], plan.pcm[i])
+            v = plan.video[i]
+            if v is not None:
+                np.copyto(self.h_video[r], v)
+                self.h_has_video[r] = True
+            self.h_text[r] = plan.text_in[i]
+            if forced is not None:
+                self.h_fids[:, r] = forced[i].text_out_ids
+                self.h_flev[r] = forced[i].audio_out_levels
+            base[r] = S + plan.chunk_index[i] * T
+            prev = plan.prev_index[i]
+            if prev is not None:
+                pend[r] = S + (prev + 1) * T - 1
+        slot_col = (lo + np.arange(rows, dtype=np.int64))[:, None]
+        rel = self._rel_forced if forced is not None else self._rel_pre
+        pos_pre = base[:, None] + np.concatenate([[-1], rel])[None]
+        pos_pre[:, 0] = pend
+        valid_pre = np.repeat(part[:, None], pos_pre.shape[1], axis=1)
+        valid_pre[:, 0] &= pend >= 0
+        pos_pre[~valid_pre] = 0
+        blocks = [
+            (self.forced_blk if forced is not None else 0, pos_pre, np.where(valid_pre, slot_col, trash))
+        ]
+        if forced is None:
+            pos_dec = (base[:, None] + self._rel_dec[None]).T.copy()  # [n_dec, rows]
+            pos_dec[:, ~part] = 0
+            ws_dec = np.where(part, slot_col[:, 0], trash)[:, None]
+            blocks += [(1 + j, pos_dec[j][:, None], ws_dec) for j in range(self.n_dec)]
+        for blk, pos, ws in blocks:
+            ring_i = S + (pos - S) % ring
+            n = pos.size
+            self.h_pos[blk, :n] = pos.reshape(-1)
+            self.h_rpidx[blk, :n] = (ws * ctx + ring_i).reshape(-1)
+            self.h_kvidx[blk, : n * nkv] = ((ws * nkv * ctx + ring_i)[..., None] + self._h_off).reshape(-1)
+        pr = np.nonzero(part)[0]
+        self.h_part[0, : len(pr)] = pr
+        self.h_part[1, : len(pr)] = pr + lo
+        return lo, rows, len(pr), row_of
+
     # ---- the step ---------------------------------------------------------------------------------
     @torch.no_grad()
     def run(self, lo: int, rows: int, n_part: int, seeds: list[tuple[int, int]]) -> None:
-        """Run one micro-turn for rows ``[0, rows)`` (slots ``lo ..``); staging arrays are filled by the
-        caller. ``seeds`` lists (row, sampling seed) for the participating rows."""
+        """The compute of a live micro-turn for rows ``[0, rows)`` (slots ``lo ..``), staged by
+        ``execute``; ``seeds`` lists (row, sampling seed) for the participating rows. (A seam: a
+        subclass or a test wraps it.)"""
         cfg, lay = self.cfg, self.lay
         Bw, P, d = rows, self.P, cfg.d_model
         self._upload()
@@ -310,26 +354,19 @@ class Executor:
         self._embed_prefill(lo, Bw, x)
         hidden = self._forward(lo, Bw, P, 0, moe_gather=False)
         last = hidden.view(Bw, P, d)[:, P - 1]
-        rec = self.records
-        if rec is not None:
-            rec.append({"hidden_pre": hidden.view(Bw, P, d).clone()})
-        emb_w = self.model.tok_emb.weight
+        self._observe("hidden_pre", hidden.view(Bw, P, d))
         for j in range(lay.n_text_out):
             self._sample_text(last, j, Bw)
-            x1 = self.b("x", Bw, d)
-            torch.index_select(emb_w, 0, self.d_ids[j, :Bw], out=x1)
-            x1.add_(self.dec_offset[j])
+            self.model.embed_text_out_(self.d_ids[j, :Bw], j, self.b("x", Bw, d))
             hidden = self._forward(lo, Bw, 1, 1 + j, moe_gather=True)
             last = hidden
         for j in range(lay.n_audio_out):
             self._flow(last, j, Bw)
-            if rec is not None:
-                rec[-1][f"cond{j}"] = last.clone()
+            self._observe(f"cond{j}", last)
             if j == lay.n_audio_out - 1:
                 break
-            x1 = self.b("x", Bw, d)
-            self._embed_audio_out(self.lb("aout", Bw, lay.n_audio_out, cfg.mel_dim)[:, j], Bw, x1)
-            x1.add_(self.dec_offset[lay.n_text_out + j])
+            levels = self.lb("aout", Bw, lay.n_audio_out, cfg.mel_dim)[:, j]
+            self.model.embed_audio_out_(levels, j, self.embed_ws, self.b("x", Bw, d))
             hidden = self._forward(lo, Bw, 1, 1 + lay.n_text_out + j, moe_gather=True)
             last = hidden
         # vocoder, speaking energy, outputs
@@ -376,15 +413,12 @@ class Executor:
         self._upload((self.t_fids, self.d_fids), (self.t_flev, self.d_flev))
         x = self.b("x", Bw, T, d)
         self._embed_prefill(lo, Bw, x[:, :P])
-        tmp = self.b("embtmp", Bw, d)
         nt = lay.n_text_out
         for j in range(nt):
-            torch.index_select(self.model.tok_emb.weight, 0, self.d_fids[j, :Bw], out=tmp)
-            torch.add(tmp, self.dec_offset[j], out=x[:, P + j])
+            self.model.embed_text_out_(self.d_fids[j, :Bw], j, x[:, P + j])
         lev = self.d_flev[:Bw].view(Bw, lay.n_audio_out, cfg.frames_per_audio_token * cfg.n_mels)
         for j in range(lay.n_audio_out - 1):
-            self._embed_audio_out(lev[:, j], Bw, tmp)
-            torch.add(tmp, self.dec_offset[nt + j], out=x[:, P + nt + j])
+            self.model.embed_audio_out_(lev[:, j], j, self.embed_ws, x[:, P + nt + j])
         self._forward(lo, Bw, T, self.forced_blk, moe_gather=False, kv_layers=n_layers or self.L)
         rows_i, slots_i = self.d_part[0, :n_part], self.d_part[1, :n_part]
         self._commit(self.audio_hist, self.b("hist_rows", Bw, self.audio_hist.shape[1]), rows_i, slots_i)
@@ -416,105 +450,28 @@ class Executor:
         state.index_copy_(0, slots_i, tmp)
 
     # ---- embeddings -------------------------------------------------------------------------------
-    def _dmel_embed(self, levels: Tensor, table: Tensor, out: Tensor) -> None:
-        """levels [n, fpt*mels] (long) -> out [n, d] = sum of the table rows (one-hot product)."""
-        n = levels.shape[0]
-        idx = self.lb("ohidx", n, levels.shape[1])
-        torch.add(levels, self.emb_base, out=idx)
-        oh = self.b("onehot", n, table.shape[0])
-        oh.zero_()
-        oh.scatter_(1, idx, self.ones_oh[: idx.numel()].view(n, -1))
-        torch.mm(oh, table, out=out)
-
-    def _embed_audio_out(self, levels: Tensor, Bw: int, out: Tensor) -> None:
-        self._dmel_embed(levels.reshape(Bw, -1), self.model.audio_out_emb.weight, out)
-
     def _embed_prefill(self, lo: int, Bw: int, x: Tensor) -> None:
-        cfg, lay, m = self.cfg, self.lay, self.model
-        d = cfg.d_model
-        tmp = self.b("embtmp", Bw, d)
-        # 0: previous turn's last audio-out token
-        self._dmel_embed(self.pending[lo : lo + Bw].view(Bw, -1), m.audio_out_emb.weight, tmp)
-        x[:, 0].copy_(tmp)
-        x[:, 1 + lay.in_marker].copy_(m.tok_emb.weight[tk.IN].expand(Bw, d))
-        x[:, 1 + lay.out_marker].copy_(m.tok_emb.weight[tk.OUT].expand(Bw, d))
-        # video
-        v0 = 1 + lay.video
-        if self.h_has_video[:Bw].any():  # (host staging) a voice-only step skips the hMLP
-            vt = self._hmlp(Bw)
-            torch.where(
-                self.d_has_video[:Bw].view(Bw, 1, 1),
-                vt,
-                m.no_video.unsqueeze(0),
-                out=x[:, v0 : v0 + lay.n_video],
-            )
-        else:
-            x[:, v0 : v0 + lay.n_video].copy_(m.no_video.expand(Bw, -1, -1))
-        # audio in: featurise (causal frames with the slot's history) -> levels -> one-hot embedding
-        lev = self._featurize(lo, Bw)
-        na = lay.n_audio_in
-        at = self.b("embtmp", Bw * na, d)
-        self._dmel_embed(lev.view(Bw * na, -1), m.audio_in_emb.weight, at)
-        a0 = 1 + lay.audio_in
-        x[:, a0 : a0 + na].copy_(at.view(Bw, na, d))
-        # text in
-        nt = lay.n_text_in
-        tt = self.b("embtmp", Bw * nt, d)
-        torch.index_select(m.tok_emb.weight, 0, self.d_text[:Bw].view(-1), out=tt)
-        t0 = 1 + lay.text_in
-        x[:, t0 : t0 + nt].copy_(tt.view(Bw, nt, d))
-        x.add_(self.pre_offset)
+        lev = self._featurize(lo, Bw)  # causal frames with the slot's audio history
+        self.model.embed_prefill_(
+            self.embed_ws,
+            self.pending[lo : lo + Bw].view(Bw, -1),
+            self.d_video[:Bw],
+            self.d_has_video[:Bw],
+            bool(self.h_has_video[:Bw].any()),  # (host staging) a voice-only step skips the hMLP
+            lev.view(Bw * self.lay.n_audio_in, -1),
+            self.d_text[:Bw],
+            x,
+        )
 
     def _featurize(self, lo: int, Bw: int) -> Tensor:
-        cfg, dm = self.cfg, self.model.dmel
-        hist, F_, nm = cfg.win - cfg.hop, cfg.frames_per_chunk, cfg.n_mels
-        sig = self.b("sig", Bw, hist + cfg.samples_per_chunk)
-        sig[:, :hist].copy_(self.audio_hist[lo : lo + Bw])
-        sig[:, hist:].copy_(self.d_pcm[:Bw])
-        sig[:, hist:].mul_(dm.c_pcm)
-        frames = self.b("frames", Bw, F_, cfg.win)
-        frames.copy_(sig.unfold(1, cfg.win, cfg.hop))
-        lm = self.b("logmel", Bw * F_, nm)
-        dm.logmel_(
-            frames.view(Bw * F_, cfg.win),
-            self.b("spec", Bw * F_, 2 * dm.n_bins),
-            self.b("power", Bw * F_, dm.n_bins),
-            lm,
+        """Input levels of the rows' chunks (frames reach into each slot's audio history); the new
+        history goes to ``hist_rows`` until the commit."""
+        cfg, hist = self.cfg, self.audio_hist.shape[1]
+        lev = self.lb("lev", Bw * cfg.frames_per_chunk, cfg.n_mels)
+        new_hist = self.b("hist_rows", Bw, hist)
+        return self.model.dmel.levels_(
+            self.d_pcm[:Bw], self.audio_hist[lo : lo + Bw], self.dmel_ws, lev, new_hist
         )
-        lev = self.lb("lev", Bw * F_, nm)
-        dm.quantize_(lm, self.b("lscratch", Bw * F_, nm), lev)
-        self.b("hist_rows", Bw, hist).copy_(sig[:, sig.shape[1] - hist :])
-        return lev
-
-    def _hmlp(self, Bw: int) -> Tensor:
-        cfg, hm = self.cfg, self.model.hmlp
-        nv, c1, c2 = self.lay.n_video, cfg.hmlp_dims[0], cfg.hmlp_dims[1]
-        py = cfg.frame_size // cfg.patch
-        cell = cfg.hmlp_cell
-        cells = self.b("cells", Bw, py, py, 2, 2, 2, 2, cell, cell, 3)
-        cells.copy_(cells_view(self.d_video[:Bw], cfg.patch, cell))
-        cells.mul_(hm.c_scale).add_(hm.c_shift)
-        n1 = Bw * nv * 16
-        h1 = self.b("v1", n1, c1)
-        torch.addmm(hm.fc1.bias, cells.view(n1, -1), hm.fc1.weight.t(), out=h1)
-        self._layernorm_(
-            h1, hm.ln1.weight, hm.ln1.bias, self.b("v1s", n1, c1), self.b("vstat", n1, 1), self._inv(c1)
-        )
-        F.silu(h1, inplace=True)
-        n2 = Bw * nv * 4
-        h2 = self.b("v2", n2, c2)
-        torch.addmm(hm.fc2.bias, h1.view(n2, 4 * c1), hm.fc2.weight.t(), out=h2)
-        self._layernorm_(
-            h2, hm.ln2.weight, hm.ln2.bias, self.b("v2s", n2, c2), self.b("vstat", n2, 1), self._inv(c2)
-        )
-        F.silu(h2, inplace=True)
-        vt = self.b("vtok", Bw, nv, cfg.d_model)
-        torch.addmm(hm.fc3.bias, h2.view(Bw * nv, 4 * c2), hm.fc3.weight.t(), out=vt.view(Bw * nv, -1))
-        vt.add_(self.model.video_pos)
-        return vt
-
-    def _inv(self, c: int) -> Tensor:
-        return self._ln_const[c]
 
     # ---- transformer ------------------------------------------------------------------------------
     def _forward(
@@ -524,7 +481,7 @@ class Executor:
         Returns the final-normed hidden states [Bw * tq, d] (a view of a work buffer); with
         ``kv_layers`` it only writes the KV of that many layers and returns nothing useful."""
         cfg = self.cfg
-        d, nkv, H, hd, g, ctx = cfg.d_model, self.nkv, self.H, self.hd, self.group, self.ctx
+        d, nkv, hd, ctx = cfg.d_model, self.nkv, self.hd, self.ctx
         hh = hd // 2
         N = Bw * tq
         x = self.b("x", N, d)
@@ -544,160 +501,62 @@ class Executor:
         maskf = self.b("maskf", Bw, tq, ctx)
         torch.where(ma, self.c_zero, self.c_ninf, out=maskf)
         # RoPE tables (angles in float64, like the model)
-        posf = self.f64["posf"][:N].view(Bw, tq, 1)
-        posf.copy_(pos.view(Bw, tq, 1))
-        ang = self.f64["ang"][: N * hh].view(Bw, tq, hh)
-        torch.mul(posf, self.inv_freq, out=ang)
-        cs = self.f64["cs"][: N * hh].view(Bw, tq, hh)
         cos, sin = self.b("cos", Bw, tq, hh), self.b("sin", Bw, tq, hh)
-        torch.cos(ang, out=cs)
-        cos.copy_(cs)
-        torch.sin(ang, out=cs)
-        sin.copy_(cs)
-        cq, sq_ = cos.view(Bw, tq, 1, 1, hh), sin.view(Bw, tq, 1, 1, hh)
-        ck, sk = cos.view(Bw, tq, 1, hh), sin.view(Bw, tq, 1, hh)
+        ws64 = (
+            self.f64["posf"][:N].view(Bw, tq, 1),
+            self.f64["ang"][: N * hh].view(Bw, tq, hh),
+            self.f64["cs"][: N * hh].view(Bw, tq, hh),
+        )
+        rope_cos_sin_(pos, self.inv_freq, ws64, cos, sin)
 
         h = self.b("h", N, d)
+        h3 = h.view(Bw, tq, d)
         tmpd = self.b("tmpd", N, d)
-        q = self.b("q", N, H * hd)
-        k = self.b("k", N, nkv * hd)
-        v = self.b("v", N, nkv * hd)
+        sq, stat = self.b("sq", N, d), self.b("stat", N, 1)
         krot = self.b("krot", Bw, tq, nkv, hd)
-        qb = self.b("qb", Bw, nkv, g, tq, hd)
-        qbp = qb.permute(0, 3, 1, 2, 4)
-        sc = self.b("scores", Bw * nkv, g * tq, ctx)
-        pr = self.b("probs", Bw * nkv, g * tq, ctx)
-        ob = self.b("ob", Bw * nkv, g * tq, hd)
-        ao = self.b("ao", Bw, tq, nkv, g, hd)
+        v = self.b("v", Bw, tq, nkv, hd)
         for li, blk in enumerate(self.model.transformer.blocks):
             at = blk.attn
-            self._rmsnorm(x, blk.attn_norm.weight, h)
-            torch.mm(h, at.wk.weight.t(), out=k)
-            torch.mm(h, at.wv.weight.t(), out=v)
-            kv_ = k.view(Bw, tq, nkv, hd)
-            k1, k2 = kv_[..., :hh], kv_[..., hh:]
-            torch.mul(k1, ck, out=krot[..., :hh])
-            krot[..., :hh].addcmul_(k2, sk, value=-1.0)
-            torch.mul(k1, sk, out=krot[..., hh:])
-            krot[..., hh:].addcmul_(k2, ck)
+            blk.attn_norm.forward_(x, h, sq, stat)
+            at.kv_(h3, cos, sin, self.attn_ws, krot, v)
             kc, vc = self.k_cache[li], self.v_cache[li]
             kc.view(-1, hd).index_copy_(0, kvidx, krot.view(-1, hd))
             vc.view(-1, hd).index_copy_(0, kvidx, v.view(-1, hd))
             if kv_layers is not None and li == kv_layers - 1:
                 return x  # the KV is written; nothing reads this layer's output
-            torch.mm(h, at.wq.weight.t(), out=q)
-            qv = q.view(Bw, tq, nkv, g, hd)
-            q1, q2 = qv[..., :hh], qv[..., hh:]
-            torch.mul(q1, cq, out=qbp[..., :hh])
-            qbp[..., :hh].addcmul_(q2, sq_, value=-1.0)
-            torch.mul(q1, sq_, out=qbp[..., hh:])
-            qbp[..., hh:].addcmul_(q2, cq)
-            qb.mul_(self.c_scale)
-            K = kc[lo : lo + Bw].view(Bw * nkv, ctx, hd)
-            V = vc[lo : lo + Bw].view(Bw * nkv, ctx, hd)
-            torch.bmm(qb.view(Bw * nkv, g * tq, hd), K.transpose(1, 2), out=sc)
-            sc.view(Bw, nkv, g, tq, ctx).add_(maskf.view(Bw, 1, 1, tq, ctx))
-            torch.softmax(sc, -1, out=pr)
-            torch.bmm(pr, V, out=ob)
-            ao.copy_(ob.view(Bw, nkv, g, tq, hd).permute(0, 3, 1, 2, 4))
-            torch.mm(ao.view(N, H * hd), at.wo.weight.t(), out=tmpd)
+            at.attend_(h3, cos, sin, kc[lo : lo + Bw], vc[lo : lo + Bw], maskf, self.attn_ws, tmpd)
             x.add_(tmpd)
-            self._rmsnorm(x, blk.ffn_norm.weight, h)
-            if isinstance(blk.ffn, MoE):
+            blk.ffn_norm.forward_(x, h, sq, stat)
+            f = blk.ffn
+            if isinstance(f, MoE):
+                assert self.moe_ws is not None
                 if moe_gather and self.moe_gather_max_tokens >= N:
-                    self._moe_gather(blk.ffn, h, tmpd)
+                    f.gather_gemv_(h, tmpd, self.moe_ws)
                 else:
-                    self._moe_dense(blk.ffn, h, tmpd)
+                    f.dense_all_(h, tmpd, self.moe_ws)
             else:
-                f = blk.ffn
                 ff = f.w_gate.weight.shape[0]
-                a, b_ = self.b("ff_a", N, ff), self.b("ff_b", N, ff)
-                torch.mm(h, f.w_gate.weight.t(), out=a)
-                torch.mm(h, f.w_up.weight.t(), out=b_)
-                F.silu(a, inplace=True)
-                a.mul_(b_)
-                torch.mm(a, f.w_down.weight.t(), out=tmpd)
+                f.step_(h, tmpd, self.b("ff_a", N, ff), self.b("ff_b", N, ff))
             x.add_(tmpd)
         out = self.b("h", N, d)
-        self._rmsnorm(x, self.model.transformer.norm.weight, out)
+        self.model.transformer.norm.forward_(x, out, sq, stat)
         return out
-
-    def _route(self, moe: MoE, h: Tensor) -> tuple[Tensor, Tensor]:
-        n, k = h.shape[0], moe.top_k
-        logits = self.b("router", n, moe.n_experts)
-        torch.mm(h, moe.router.weight.t(), out=logits)
-        topv, topi, topw = self.b("topv", n, k), self.lb("topi", n, k), self.b("topw", n, k)
-        torch.topk(logits, k, dim=-1, out=(topv, topi))
-        torch.softmax(topv, -1, out=topw)
-        return topw, topi
-
-    def _moe_gather(self, moe: MoE, h: Tensor, out: Tensor) -> None:
-        """Gather + GEMV: per token, copy its k experts' weights and do matrix-vector products."""
-        n, k, f, d = h.shape[0], moe.top_k, moe.d_ff, moe.d
-        w, idx = self._route(moe, h)
-        flat = idx.view(-1)
-        wg, wu, wd = self.b("wg", n * k, f, d), self.b("wu", n * k, f, d), self.b("wd", n * k, f, d)
-        torch.index_select(moe.w_gate, 0, flat, out=wg)
-        torch.index_select(moe.w_up, 0, flat, out=wu)
-        torch.index_select(moe.w_down, 0, flat, out=wd)
-        xr = self.b("xr", n, k, d)
-        xr.copy_(h.view(n, 1, d).expand(n, k, d))
-        hg, hu = self.b("hg", n * k, f, 1), self.b("hu", n * k, f, 1)
-        torch.bmm(wg, xr.view(n * k, d, 1), out=hg)
-        torch.bmm(wu, xr.view(n * k, d, 1), out=hu)
-        F.silu(hg, inplace=True)
-        hg.mul_(hu)
-        yg = self.b("yg", n * k, 1, d)
-        torch.bmm(hg.view(n * k, 1, f), wd, out=yg)
-        yv = yg.view(n, k, d)
-        yv.mul_(w.view(n, k, 1))
-        torch.sum(yv, 1, out=out)
-
-    def _moe_dense(self, moe: MoE, h: Tensor, out: Tensor) -> None:
-        """All experts on every token, combined by a dense gate matrix (prefill)."""
-        n, e, f = h.shape[0], moe.n_experts, moe.d_ff
-        w, idx = self._route(moe, h)
-        gate = self.b("gate", n, e)
-        gate.zero_()
-        gate.scatter_(1, idx, w)
-        a, b_ = self.b("ff_a", n, e * f), self.b("ff_b", n, e * f)
-        torch.mm(h, moe.w_gate.view(e * f, -1).t(), out=a)
-        torch.mm(h, moe.w_up.view(e * f, -1).t(), out=b_)
-        F.silu(a, inplace=True)
-        a.mul_(b_)
-        a.view(n, e, f).mul_(gate.view(n, e, 1))
-        torch.mm(a, moe.w_down.view(e * f, -1), out=out)
 
     # ---- heads ------------------------------------------------------------------------------------
     def _sample_text(self, hidden: Tensor, j: int, Bw: int) -> None:
         logits = self.b("logits", Bw, tk.VOCAB_SIZE)
         torch.mm(hidden, self.model.lm_head.weight.t(), out=logits)
-        if self.records is not None:
-            self.records[-1][f"logits{j}"] = logits.clone()
+        self._observe(f"logits{j}", logits)
         if self.cfg.temperature > 0:
             logits.mul_(self.c_inv_temp)
             logits.add_(self.b("gumbel", self.num_slots, self.lay.n_text_out, tk.VOCAB_SIZE)[:Bw, j])
         torch.argmax(logits, dim=-1, out=self.d_ids[j, :Bw])
 
     def _flow(self, cond: Tensor, j: int, Bw: int) -> None:
-        cfg, fl = self.cfg, self.model.flow
-        cpart = self.b("cpart", Bw, cfg.flow_hidden)
-        torch.mm(cond, fl.in_c.weight.t(), out=cpart)
+        cfg = self.cfg
         xx = self.b("fx", Bw, cfg.mel_dim)
         xx.copy_(self.b("noise", self.num_slots, self.lay.n_audio_out, cfg.mel_dim)[:Bw, j])
-        fh, fh2, fv = (
-            self.b("fh", Bw, cfg.flow_hidden),
-            self.b("fh2", Bw, cfg.flow_hidden),
-            self.b("fv", Bw, cfg.mel_dim),
-        )
-        for i in range(cfg.flow_steps):
-            torch.addmm(cpart, xx, fl.in_x.weight.t(), out=fh)
-            fh.add_(self.flow_tproj[i])
-            F.silu(fh, inplace=True)
-            torch.addmm(fl.fc.bias, fh, fl.fc.weight.t(), out=fh2)
-            F.silu(fh2, inplace=True)
-            torch.addmm(fl.out.bias, fh2, fl.out.weight.t(), out=fv)
-            xx.add_(fv, alpha=self.c_dt)
+        self.model.flow.sample_(cond, xx, self.flow_ws)
         fpt = cfg.frames_per_audio_token
         mel = self.b("melout", Bw, cfg.frames_per_chunk, cfg.n_mels)[:, j * fpt : (j + 1) * fpt]
         mv = xx.view(Bw, fpt, cfg.n_mels)

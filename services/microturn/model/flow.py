@@ -3,12 +3,14 @@
 Trained with (rectified) flow matching: x_t = (1 - t) x0 + t x1 with x0 ~ N(0, I), x1 the target mel block,
 and the MLP regresses the velocity x1 - x0 given (x_t, t, hidden). Sampling integrates the velocity with
 ``flow_steps`` Euler steps from noise the caller supplies (the engine draws it from the session's seeded
-generator, which is what makes sampling reproducible and batch-invariant).
+generator, which is what makes sampling reproducible and batch-invariant). ``sample_`` is the engine's
+allocation-free sampler into a ``FlowWorkspace``.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +27,18 @@ def time_embedding(t: Tensor) -> Tensor:
     freqs = torch.exp(-math.log(1000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     ang = t.float()[:, None] * 1000.0 * freqs[None]
     return torch.cat([torch.cos(ang), torch.sin(ang)], dim=-1)
+
+
+@dataclass
+class FlowWorkspace:
+    """Buffers for up to ``rows`` samples, and the time projection of each Euler step (in_t of the
+    step's time embedding plus in_x's bias: fixed given the weights, so computed once)."""
+
+    tproj: Tensor  # [flow_steps, hidden]
+    cpart: Tensor  # [rows * hidden]
+    h1: Tensor  # [rows * hidden]
+    h2: Tensor  # [rows * hidden]
+    v: Tensor  # [rows * mel_dim]
 
 
 class FlowHead(nn.Module):
@@ -51,20 +65,41 @@ class FlowHead(nn.Module):
         h = F.silu(self.in_x(x) + self.in_c(cond) + self.in_t(time_embedding(t)))
         return self.out(F.silu(self.fc(h)))
 
-    def loss(self, cond: Tensor, x1: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Flow-matching MSE. cond [N, d], x1 [N, mel_dim] normalised target mel."""
+    def loss_rows(self, cond: Tensor, x1: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Flow-matching MSE per row [N] (draws t, then x0, from ``generator``). cond [N, d], x1
+        [N, mel_dim] normalised target mel."""
         n = x1.shape[0]
         t = torch.rand(n, generator=generator, device=x1.device)
         x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
         xt = (1 - t[:, None]) * x0 + t[:, None] * x1
-        return F.mse_loss(self.velocity(xt, cond, t), x1 - x0)
+        return (self.velocity(xt, cond, t).float() - (x1 - x0)).pow(2).mean(dim=1)
+
+    def loss(self, cond: Tensor, x1: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Flow-matching MSE (mean over rows)."""
+        return self.loss_rows(cond, x1, generator).mean()
 
     @torch.no_grad()
-    def sample(self, cond: Tensor, noise: Tensor) -> Tensor:
-        """Euler integration from ``noise`` [N, mel_dim] -> normalised mel [N, mel_dim]."""
-        x = noise.clone()
-        n_steps = self.cfg.flow_steps
-        for i in range(n_steps):
-            t = torch.full((x.shape[0],), i / n_steps, device=x.device)
-            x = x + self.velocity(x, cond, t) / n_steps
+    def workspace(self, rows: int, device: torch.device | str = "cpu") -> FlowWorkspace:
+        hf, m, n = self.cfg.flow_hidden, self.cfg.mel_dim, self.cfg.flow_steps
+        ts = torch.arange(n, dtype=torch.float32, device=device) / n
+        tproj = (self.in_t(time_embedding(ts)) + self.in_x.bias).contiguous()
+        z = lambda k: torch.zeros(k, device=device)  # noqa: E731
+        return FlowWorkspace(tproj=tproj, cpart=z(rows * hf), h1=z(rows * hf), h2=z(rows * hf), v=z(rows * m))
+
+    def sample_(self, cond: Tensor, x: Tensor, ws: FlowWorkspace) -> Tensor:
+        """Euler integration in place: x [N, mel_dim] holds the start noise and ends as the normalised
+        mel; cond [N, d]. The workspace must come from the current weights."""
+        n, hf, m = x.shape[0], self.cfg.flow_hidden, self.cfg.mel_dim
+        cpart, h1, h2 = (b[: n * hf].view(n, hf) for b in (ws.cpart, ws.h1, ws.h2))
+        v = ws.v[: n * m].view(n, m)
+        torch.mm(cond, self.in_c.weight.t(), out=cpart)
+        steps = self.cfg.flow_steps
+        for i in range(steps):
+            torch.addmm(cpart, x, self.in_x.weight.t(), out=h1)
+            h1.add_(ws.tproj[i])
+            F.silu(h1, inplace=True)
+            torch.addmm(self.fc.bias, h1, self.fc.weight.t(), out=h2)
+            F.silu(h2, inplace=True)
+            torch.addmm(self.out.bias, h2, self.out.weight.t(), out=v)
+            x.add_(v, alpha=1.0 / steps)
         return x

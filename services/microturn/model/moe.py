@@ -2,18 +2,22 @@
 
 * ``forward`` / ``dispatch``: training path. Tokens are grouped by expert (sort), each expert runs a
   GEMM on its tokens, results are scattered back weighted. Also returns the load-balance loss.
-* ``gather_gemv``: decode path. Per token, gather its k experts' weight matrices and do matrix-vector
+* ``gather_gemv_``: decode path. Per token, gather its k experts' weight matrices and do matrix-vector
   products. Per-tick decode batches are small and latency-bound, so reading only the routed experts'
   weights beats grouped GEMM (and has no data-dependent shapes).
-* ``dense_all``: every expert on every token, combined with a dense gate matrix (zeros except the top-k).
+* ``dense_all_``: every expert on every token, combined with a dense gate matrix (zeros except the top-k).
   Used by the engine for prefill, where per-token weight gathers would be too much copying.
 
-All three compute the same function (tested); the engine versions write into preallocated buffers.
-Expert weights are stored [E, d_ff, d] for gate, up and down so each expert's matrices are contiguous
-rows for gathering and ``view(E * d_ff, d)`` gives the all-experts matrix without a copy.
+All three compute the same function (tested). The ``_`` methods are the engine's streaming steps: they
+write into a preallocated ``MoEWorkspace`` and allocate nothing. Expert weights are stored [E, d_ff, d]
+for gate, up and down so each expert's matrices are contiguous rows for gathering and
+``view(E * d_ff, d)`` gives the all-experts matrix without a copy.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +35,38 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+
+    def step_(self, x: Tensor, out: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        """Allocation-free ``forward``: x [N, d] -> out [N, d]; a, b [N, d_ff] work buffers."""
+        torch.mm(x, self.w_gate.weight.t(), out=a)
+        torch.mm(x, self.w_up.weight.t(), out=b)
+        F.silu(a, inplace=True)
+        a.mul_(b)
+        return torch.mm(a, self.w_down.weight.t(), out=out)
+
+
+@dataclass
+class MoEWorkspace:
+    """Buffers of the MoE streaming steps, flat, cut to each call's token count (shared by all layers)."""
+
+    router: Tensor  # [N * E]
+    topv: Tensor  # [N * k]
+    topw: Tensor  # [N * k]
+    topi: Tensor  # long [N * k]
+    gate: Tensor  # [N * E]
+    a: Tensor  # [N * E * d_ff]
+    b: Tensor  # [N * E * d_ff]
+    xr: Tensor  # [G * k * d]       (gather + GEMV, up to G tokens)
+    wg: Tensor  # [G * k * d_ff * d]
+    wu: Tensor
+    wd: Tensor
+    hg: Tensor  # [G * k * d_ff]
+    hu: Tensor
+    yg: Tensor  # [G * k * d]
+
+
+def _cut(buf: Tensor, *shape: int) -> Tensor:
+    return buf[: math.prod(shape)].view(*shape)
 
 
 class MoE(nn.Module):
@@ -87,24 +123,72 @@ class MoE(nn.Module):
         assert start == n * self.top_k
         return out
 
-    @torch.no_grad()
-    def gather_gemv(self, x: Tensor, w: Tensor, idx: Tensor) -> Tensor:
-        """Decode path (reference, allocating): gather routed experts' weights, then matrix-vector
-        products. The engine's buffered version is ``executor.MoEBuffers``."""
-        n, k = idx.shape
-        flat = idx.reshape(-1)
-        wg, wu, wd = self.w_gate[flat], self.w_up[flat], self.w_down[flat]  # [N*k, f, d]
-        xr = x.repeat_interleave(k, dim=0).unsqueeze(-1)  # [N*k, d, 1]
-        h = F.silu(torch.bmm(wg, xr)) * torch.bmm(wu, xr)  # [N*k, f, 1]
-        y = torch.bmm(h.transpose(1, 2), wd).squeeze(1)  # [N*k, d]
-        return (y.view(n, k, -1) * w.unsqueeze(-1)).sum(1)
+    # ---- streaming steps (engine) ---------------------------------------------------------------
+    def workspace(self, n_tokens: int, n_gather: int, device: torch.device | str = "cpu") -> MoEWorkspace:
+        """Buffers for up to ``n_tokens`` tokens, of which up to ``n_gather`` take gather + GEMV."""
+        e, k, f, d = self.n_experts, self.top_k, self.d_ff, self.d
+        z = lambda n, dt=torch.float32: torch.zeros(max(n, 1), dtype=dt, device=device)  # noqa: E731
+        g = n_gather * k
+        return MoEWorkspace(
+            router=z(n_tokens * e),
+            topv=z(n_tokens * k),
+            topw=z(n_tokens * k),
+            topi=z(n_tokens * k, torch.long),
+            gate=z(n_tokens * e),
+            a=z(n_tokens * e * f),
+            b=z(n_tokens * e * f),
+            xr=z(g * d),
+            wg=z(g * f * d),
+            wu=z(g * f * d),
+            wd=z(g * f * d),
+            hg=z(g * f),
+            hu=z(g * f),
+            yg=z(g * d),
+        )
 
-    @torch.no_grad()
-    def dense_all(self, x: Tensor, w: Tensor, idx: Tensor) -> Tensor:
-        """Prefill path (reference, allocating): all experts, gated by a dense [N, E] matrix."""
-        n = x.shape[0]
-        e, f = self.n_experts, self.d_ff
-        gate = torch.zeros(n, e, device=x.device).scatter_(1, idx, w)
-        h = F.silu(x @ self.w_gate.view(e * f, -1).t()) * (x @ self.w_up.view(e * f, -1).t())
-        h = h.view(n, e, f) * gate.unsqueeze(-1)
-        return h.view(n, e * f) @ self.w_down.view(e * f, -1)
+    def route_(self, x: Tensor, ws: MoEWorkspace) -> tuple[Tensor, Tensor]:
+        """``route`` into the workspace (without the router probabilities): (weights [N, k], ids [N, k])."""
+        n, k = x.shape[0], self.top_k
+        logits = _cut(ws.router, n, self.n_experts)
+        torch.mm(x, self.router.weight.t(), out=logits)
+        topv, topi, topw = _cut(ws.topv, n, k), _cut(ws.topi, n, k), _cut(ws.topw, n, k)
+        torch.topk(logits, k, dim=-1, out=(topv, topi))
+        torch.softmax(topv, -1, out=topw)
+        return topw, topi
+
+    def gather_gemv_(self, x: Tensor, out: Tensor, ws: MoEWorkspace) -> Tensor:
+        """Decode: per token, copy its k experts' weights and do matrix-vector products. x, out [N, d]."""
+        n, k, f, d = x.shape[0], self.top_k, self.d_ff, self.d
+        w, idx = self.route_(x, ws)
+        flat = idx.view(-1)
+        wg, wu, wd = _cut(ws.wg, n * k, f, d), _cut(ws.wu, n * k, f, d), _cut(ws.wd, n * k, f, d)
+        torch.index_select(self.w_gate, 0, flat, out=wg)
+        torch.index_select(self.w_up, 0, flat, out=wu)
+        torch.index_select(self.w_down, 0, flat, out=wd)
+        xr = _cut(ws.xr, n, k, d)
+        xr.copy_(x.view(n, 1, d).expand(n, k, d))
+        hg, hu = _cut(ws.hg, n * k, f, 1), _cut(ws.hu, n * k, f, 1)
+        torch.bmm(wg, xr.view(n * k, d, 1), out=hg)
+        torch.bmm(wu, xr.view(n * k, d, 1), out=hu)
+        F.silu(hg, inplace=True)
+        hg.mul_(hu)
+        yg = _cut(ws.yg, n * k, 1, d)
+        torch.bmm(hg.view(n * k, 1, f), wd, out=yg)
+        yv = yg.view(n, k, d)
+        yv.mul_(w.view(n, k, 1))
+        return torch.sum(yv, 1, out=out)
+
+    def dense_all_(self, x: Tensor, out: Tensor, ws: MoEWorkspace) -> Tensor:
+        """Prefill: all experts on every token, combined by a dense gate matrix. x, out [N, d]."""
+        n, e, f = x.shape[0], self.n_experts, self.d_ff
+        w, idx = self.route_(x, ws)
+        gate = _cut(ws.gate, n, e)
+        gate.zero_()
+        gate.scatter_(1, idx, w)
+        a, b = _cut(ws.a, n, e * f), _cut(ws.b, n, e * f)
+        torch.mm(x, self.w_gate.view(e * f, -1).t(), out=a)
+        torch.mm(x, self.w_up.view(e * f, -1).t(), out=b)
+        F.silu(a, inplace=True)
+        a.mul_(b)
+        a.view(n, e, f).mul_(gate.view(n, e, 1))
+        return torch.mm(a, self.w_down.view(e * f, -1), out=out)

@@ -3,8 +3,9 @@
 ``GriffinLim`` needs no weights: mel -> linear magnitude by spreading each channel over its bins, then a few
 Griffin-Lim iterations to find phases. It streams causally: a chunk's frames only cover the chunk and the
 previous ``win - hop`` samples (already emitted, kept as the session's ``tail`` and held fixed), so chunk k
-is final as soon as its mel is known. Everything is matrix products and in-place ops into a workspace, so
-the engine runs it allocation-free; ``vocode`` is the plain offline API over the same code.
+is final as soon as its mel is known. Everything is real FFTs (``fourier.RealDFT``), matrix products and
+in-place ops into a workspace, so the engine runs it allocation-free; ``vocode`` is the plain offline API
+over the same code.
 
 A neural vocoder can replace it by implementing the ``Vocoder`` protocol.
 """
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 
 from microturn.model.config import ModelConfig
 from microturn.model.dmel import mel_filterbank
+from microturn.model.fourier import RealDFT
 
 
 class Vocoder(Protocol):
@@ -35,7 +37,7 @@ class Vocoder(Protocol):
 @dataclass
 class GLWorkspace:
     mag: Tensor  # [R*F, nb]
-    spec: Tensor  # [R*F, 2nb]
+    spec: Tensor  # [R*F, 2nb] (re, im interleaved)
     scratch: Tensor  # [R*F, 2nb]
     norm: Tensor  # [R*F, nb]
     frames: Tensor  # [R, F, win]
@@ -54,12 +56,9 @@ class GriffinLim(nn.Module):
         self.nb = win // 2 + 1
         n = torch.arange(win, dtype=torch.float64)
         window = 0.5 - 0.5 * torch.cos(2 * math.pi * n / win)
-        k = torch.arange(self.nb, dtype=torch.float64)
-        ang = 2 * math.pi * k[:, None] * n[None] / win
-        # analysis DFT with the same scaling as the featuriser (|X| = amplitude of a sine), at this window
-        scale = 2.0 / window.sum()
-        dft = torch.cat([torch.cos(ang).T, -torch.sin(ang).T], dim=1) * window[:, None] * scale
-        self.register_buffer("dft", dft.float(), persistent=False)  # [win, 2nb]
+        # analysis with the same scaling as the featuriser (|X| = amplitude of a sine), at this window
+        self.register_buffer("analysis_window", (window * 2.0 / window.sum()).float(), persistent=False)
+        self.dft = RealDFT(win)
         # mel -> linear power at this resolution: each bin interpolates the channels covering it, each
         # channel's power spread over its width in bins (non-negative and well conditioned, unlike a
         # pseudo-inverse, when low channels are narrower than a bin)
@@ -67,21 +66,16 @@ class GriffinLim(nn.Module):
         row = fb / fb.sum(1, keepdim=True).clamp(min=1e-9)
         inv = (row / fb.sum(0, keepdim=True).clamp(min=1e-9)).T  # [n_mels, nb]
         self.register_buffer("fb_pinv", inv.float(), persistent=False)
-        # inverse real DFT of the analysis scaling (2 / sum(w)), times the synthesis window, divided by the
-        # OLA normaliser sum_q w^2 (constant for a periodic Hann at win/hop overlap)
-        wk = torch.full((self.nb,), 2.0, dtype=torch.float64)
-        wk[0] = 1.0
-        if win % 2 == 0:
-            wk[-1] = 1.0
-        inv_scale = window.sum() / 2.0 / win
-        idft = torch.cat([torch.cos(ang) * wk[:, None], -torch.sin(ang) * wk[:, None]], 0) * inv_scale
+        # synthesis: the inverse DFT undoes the analysis scaling (times sum(w) / 2), then the synthesis
+        # window over the OLA normaliser sum_q w^2 (constant for a periodic Hann at win/hop overlap)
         ola = (window**2).view(self.q, self.hop).sum(0).mean()
-        self.register_buffer("idft", (idft * window[None] / ola).float(), persistent=False)  # [2nb, win]
+        self.register_buffer(
+            "synthesis_window", (window * window.sum() / 2.0 / ola).float(), persistent=False
+        )
         gen = torch.Generator().manual_seed(1234)
         phase = torch.rand(self.n_frames, self.nb, generator=gen, dtype=torch.float64) * 2 * math.pi
-        self.register_buffer(
-            "phase0", torch.cat([torch.cos(phase), torch.sin(phase)], 1).float(), persistent=False
-        )
+        phase0 = torch.stack([torch.cos(phase), torch.sin(phase)], -1).reshape(self.n_frames, 2 * self.nb)
+        self.register_buffer("phase0", phase0.float(), persistent=False)  # interleaved like a spectrum
         self.register_buffer("c_ln10", torch.tensor(math.log(10.0)), persistent=False)
         self.register_buffer("c_eps", torch.tensor(1e-8), persistent=False)
 
@@ -102,7 +96,8 @@ class GriffinLim(nn.Module):
         """spec -> overlap-added current-chunk samples in ws.sig[:, tail:]."""
         f = self.n_frames
         frames, blocks = ws.frames[:n], ws.blocks[:n]
-        torch.mm(ws.spec[: n * f], self.idft, out=frames.view(n * f, self.win))
+        self.dft.irfft_(ws.spec[: n * f], frames.view(n * f, self.win))
+        frames.mul_(self.synthesis_window)
         blocks.zero_()
         fq = frames.view(n, f, self.q, self.hop)
         for j in range(self.q):
@@ -121,21 +116,20 @@ class GriffinLim(nn.Module):
         # initial phases: a fixed pseudo-random table (no per-step randomness: deterministic, batch-invariant)
         sv = spec.view(n, f, 2 * nb)
         sv.copy_(self.phase0.unsqueeze(0).expand(n, f, 2 * nb))
-        spec[:, :nb].mul_(mag)
-        spec[:, nb:].mul_(mag)
+        spec.view(n * f, nb, 2).mul_(mag.unsqueeze(-1))
         ws.sig[:n, : self.tail_len].copy_(tail)
         for _ in range(self.cfg.vocoder_iters):
             self._synthesize(ws, n)
             # analysis with the emitted past held fixed
             fr = ws.sig[:n].unfold(1, self.win, self.hop)
             ws.frames[:n].copy_(fr)
-            torch.mm(ws.frames[:n].view(n * f, self.win), self.dft, out=spec)
+            ws.frames[:n].mul_(self.analysis_window)
+            self.dft.rfft_(ws.frames[:n].view(n * f, self.win), spec)
             torch.mul(spec, spec, out=scr)
-            torch.add(scr[:, :nb], scr[:, nb:], out=norm)
+            torch.add(scr[:, 0::2], scr[:, 1::2], out=norm)
             norm.sqrt_().add_(self.c_eps)
             torch.div(mag, norm, out=norm)  # norm := mag / |X|
-            spec[:, :nb].mul_(norm)
-            spec[:, nb:].mul_(norm)
+            spec.view(n * f, nb, 2).mul_(norm.unsqueeze(-1))
         self._synthesize(ws, n)
         pcm_out.copy_(ws.sig[:n, self.tail_len :])
         pcm_out.clamp_(-1.0, 1.0)

@@ -1,9 +1,9 @@
 """The training objective: ``InteractionModel.forward`` at shifted positions, with weighted losses.
 
-Same tokens, mask and heads as ``InteractionModel.forward`` (tested equal at offset 0 with unit weights);
-three additions training needs: a position offset (sinks stay at ``0 .. S-1``, micro-turn ``k`` sits where
-the engine puts chunk ``offset + k``), per-slot weights (zero on padding, larger on the rare
-"start speaking" events) and a corrupted copy of the model's own audio fed back as input (see
+The loss is computed by the model's own forward (``pos_offset``, ``text_weight``, ``flow_weight``); this
+module only decides what training feeds it: a position offset (sinks stay at ``0 .. S-1``, micro-turn
+``k`` sits where the engine puts chunk ``offset + k``), per-slot weights (zero on padding, larger on the
+rare "start speaking" events) and a corrupted copy of the model's own audio fed back as input (see
 ``corrupt_feedback``).
 """
 
@@ -12,19 +12,15 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from microturn.model import InteractionModel
-from microturn.model import tokens as tk
 from microturn.train.data import TrainBatch
 
 
 def positions(model: InteractionModel, n_turns: int, offset: int, device: torch.device) -> Tensor:
     """Absolute positions of sinks + ``n_turns`` micro-turns starting at chunk index ``offset``."""
-    s, t = model.cfg.n_sinks, model.layout.turn_len
-    sinks = torch.arange(s, device=device)
-    return torch.cat([sinks, s + offset * t + torch.arange(n_turns * t, device=device)])
+    return model.positions(n_turns, offset, device)
 
 
 def corrupt_feedback(
@@ -53,10 +49,6 @@ def corrupt_feedback(
     return torch.where(replace.view(b, n, *[1] * (levels.dim() - 2)), uniform, noisy)
 
 
-def weighted_mean(x: Tensor, w: Tensor) -> Tensor:
-    return (x * w).sum() / w.sum().clamp_min(1e-8)
-
-
 def compute_losses(
     model: InteractionModel,
     batch: TrainBatch,
@@ -67,24 +59,16 @@ def compute_losses(
 ) -> dict[str, Tensor]:
     """``text_ce`` (weighted), ``flow`` (weighted flow matching), ``moe_aux`` and ``total``.
     ``feedback_noise`` = (max_sigma, replace_prob) of ``corrupt_feedback`` (the targets stay clean)."""
-    cfg, lay, tb = model.cfg, model.layout, batch.turns
-    fed = corrupt_feedback(tb.audio_out, cfg.n_levels, *feedback_noise, generator)
-    x = model.embed(tb if fed is tb.audio_out else dataclasses.replace(tb, audio_out=fed))
-    b, n = tb.text_out.shape[:2]
-    pos = positions(model, n, batch.pos_offset, x.device)
-    _, logits, cond, aux = model.heads(x, pos, window_turns)
-    logits = logits.float()
-    ce = F.cross_entropy(logits.reshape(-1, tk.VOCAB_SIZE), tb.text_out.reshape(-1), reduction="none")
-    text_ce = weighted_mean(ce, batch.text_weight.reshape(-1))
-    # flow matching, as FlowHead.loss (same draws from the generator) but per row, then weighted
-    x1 = model.flow.normalize(model.dmel.dequantize(tb.audio_out)).reshape(-1, cfg.mel_dim)
-    rows = x1.shape[0]
-    t = torch.rand(rows, generator=generator, device=x1.device)
-    x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
-    xt = (1 - t[:, None]) * x0 + t[:, None] * x1
-    v = model.flow.velocity(xt, cond.reshape(-1, cfg.d_model), t).float()
-    mse = (v - (x1 - x0)).pow(2).mean(dim=1)
-    fw = batch.flow_weight[:, :, None].expand(b, n, lay.n_audio_out).reshape(-1)
-    flow = weighted_mean(mse, fw)
-    aux = aux.float()
-    return {"text_ce": text_ce, "flow": flow, "moe_aux": aux, "total": text_ce + flow + aux_weight * aux}
+    tb = batch.turns
+    fed = corrupt_feedback(tb.audio_out, model.cfg.n_levels, *feedback_noise, generator)
+    turns = tb if fed is tb.audio_out else dataclasses.replace(tb, audio_out_fed=fed)
+    out = model(
+        turns,
+        window_turns=window_turns,
+        generator=generator,
+        aux_weight=aux_weight,
+        pos_offset=batch.pos_offset,
+        text_weight=batch.text_weight,
+        flow_weight=batch.flow_weight,
+    )
+    return out.losses
