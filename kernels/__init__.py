@@ -16,6 +16,7 @@ Every op takes ``backend=`` (``"auto" | "torch" | "triton"``, default: ``get_def
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import torch
@@ -113,6 +114,15 @@ def _check_moe(
         )
 
 
+def _moe(op: str, x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor, topk_w: Tensor, topk_idx: Tensor,
+         out: Tensor | None, backend: str | None) -> Tensor:  # fmt: skip
+    _check_moe(x, w_gate, w_up, w_down, topk_w, topk_idx)
+    if resolve(op, x, w_gate, backend=backend) == "torch":
+        return _fill(out, reference.moe_ref(x, w_gate, w_up, w_down, topk_w, topk_idx))
+    run = getattr(importlib.import_module(f"kernels.triton_{op}"), f"{op}_triton")
+    return run(x, w_gate, w_up, w_down, topk_w, topk_idx, torch.empty_like(x) if out is None else out)
+
+
 def moe_decode(
     x: Tensor,
     w_gate: Tensor,
@@ -125,13 +135,7 @@ def moe_decode(
     backend: str | None = None,
 ) -> Tensor:
     """Top-k MoE, gather + GEMV: x [N, d], weights [E, f, d], topk_w/idx [N, k] -> [N, d]."""
-    _check_moe(x, w_gate, w_up, w_down, topk_w, topk_idx)
-    if resolve("moe_decode", x, w_gate, backend=backend) == "torch":
-        return _fill(out, reference.moe_ref(x, w_gate, w_up, w_down, topk_w, topk_idx))
-    from kernels.triton_moe_decode import moe_decode_triton
-
-    out = torch.empty_like(x) if out is None else out
-    return moe_decode_triton(x, w_gate, w_up, w_down, topk_w, topk_idx, out)
+    return _moe("moe_decode", x, w_gate, w_up, w_down, topk_w, topk_idx, out, backend)
 
 
 def moe_grouped(
@@ -146,13 +150,7 @@ def moe_grouped(
     backend: str | None = None,
 ) -> Tensor:
     """Top-k MoE, sorted grouped GEMM: same arguments and result as ``moe_decode``."""
-    _check_moe(x, w_gate, w_up, w_down, topk_w, topk_idx)
-    if resolve("moe_grouped", x, w_gate, backend=backend) == "torch":
-        return _fill(out, reference.moe_ref(x, w_gate, w_up, w_down, topk_w, topk_idx))
-    from kernels.triton_moe_grouped import moe_grouped_triton
-
-    out = torch.empty_like(x) if out is None else out
-    return moe_grouped_triton(x, w_gate, w_up, w_down, topk_w, topk_idx, out)
+    return _moe("moe_grouped", x, w_gate, w_up, w_down, topk_w, topk_idx, out, backend)
 
 
 def moe(

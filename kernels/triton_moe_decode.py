@@ -105,6 +105,12 @@ def _down_kernel(
     tl.store(y_ptr + split * sy_s + tok * sy_n + dd, acc.to(y_ptr.dtype.element_ty), mask=d_ok)
 
 
+def check_weight_layout(op: str, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> None:
+    """The kernels index gate and up with one set of strides, every weight row contiguous in d."""
+    if not (w_gate.stride() == w_up.stride() and w_gate.stride(-1) == 1 and w_down.stride(-1) == 1):
+        raise ValueError(f"{op}: w_gate and w_up must share strides; all weights contiguous in d")
+
+
 def _f_splits(device: torch.device, programs: int, f_tiles: int) -> int:
     if device.type != "cuda":
         return 1
@@ -128,8 +134,7 @@ def moe_decode_triton(
     f = w_gate.shape[1]
     if n == 0:
         return out
-    if not (w_gate.stride() == w_up.stride() and w_gate.stride(-1) == 1 and w_down.stride(-1) == 1):
-        raise ValueError("moe_decode: w_gate and w_up must share strides; all weights contiguous in d")
+    check_weight_layout("moe_decode", w_gate, w_up, w_down)
     if x.stride(-1) != 1 or out.stride(-1) != 1:
         raise ValueError("moe_decode: x and out must be contiguous in their last dim")
     idx = topk_idx.contiguous()

@@ -19,6 +19,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from kernels.triton_moe_decode import check_weight_layout
+
 
 def align_by_expert(topk_idx: Tensor, n_experts: int, block_m: int) -> tuple[Tensor, Tensor]:
     """Slots sorted by expert, each group padded to ``block_m``: (sorted_slot [n_blocks * block_m] with
@@ -154,8 +156,7 @@ def moe_grouped_triton(
     e_count, f = w_gate.shape[0], w_gate.shape[1]
     if n == 0:
         return out
-    if not (w_gate.stride() == w_up.stride() and w_gate.stride(-1) == 1 and w_down.stride(-1) == 1):
-        raise ValueError("moe_grouped: w_gate and w_up must share strides; all weights contiguous in d")
+    check_weight_layout("moe_grouped", w_gate, w_up, w_down)
     if x.stride(-1) != 1:
         raise ValueError("moe_grouped: x must be contiguous in its last dim")
     m = n * k
