@@ -83,12 +83,14 @@ def test_full_mask_differs_from_window(model):
     assert (full - streamed).abs().max() > 1e-3
 
 
-def test_batch_invariance(model):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_batch_invariance(model, precision):
+    """The same precision at every batch size: a session's outputs do not depend on its neighbours."""
     chunks = {s: make_chunks(s, 6, seed=ord(s)) for s in "abcdef"}
-    alone = Engine(model, 8)
+    alone = Engine(model, 8, precision=precision)
     alone.open("a", 7)
     ref = [alone.step([c])[0] for c in chunks["a"]]
-    crowd = Engine(model, 8)
+    crowd = Engine(model, 8, precision=precision)
     for s in "bcdaef":
         crowd.open(s, 7 if s == "a" else ord(s))
     got = []
@@ -103,7 +105,7 @@ def test_batch_invariance(model):
             np.abs(r.pcm.astype(np.int32) - g.pcm).max() <= 100
         )  # float rounding only (0.3 % of full scale)
     # and a different seed really changes the session's outputs
-    other = Engine(model, 1)
+    other = Engine(model, 1, precision=precision)
     other.open("a", 8)
     diff = [other.step([c])[0] for c in chunks["a"]]
     assert any(d.text != r.text for d, r in zip(diff, ref, strict=True)) or any(
@@ -117,8 +119,9 @@ def count_allocations(fn) -> int:
     return sum(1 for e in prof.events() if e.cpu_memory_usage > 0)
 
 
-def test_no_tensor_allocation_in_steady_state(model):
-    eng = Engine(model, 4)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_no_tensor_allocation_in_steady_state(model, precision):
+    eng = Engine(model, 4, precision=precision)
     for s in "abc":
         eng.open(s, 1)
     chunks = {s: make_chunks(s, 6, seed=ord(s), texts={4: ["typed text"]}) for s in "abc"}

@@ -3,6 +3,8 @@ values written by ``kv_`` into a store, queries attending over it under the same
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -65,3 +67,33 @@ def test_attention_step_equals_forward(n_kv):
         add = torch.where(mask, 0.0, float("-inf")).expand(b, s, s).contiguous()
         out = at.attend_(x, cb, sb, keys, values, add, ws, torch.empty(b * s, cfg.d_model))
     assert torch.allclose(out.view(b, s, -1), ref, atol=1e-5)
+
+
+def test_bf16_attention_projections_over_an_fp32_store_stay_close():
+    """bf16 projection weights and activations (the engine's ``precision: bf16``), keys/values stored and
+    attended in fp32: close to the fp32 step."""
+    cfg = preset("test", n_kv_heads=2)
+    torch.manual_seed(3)
+    at = Attention(cfg).eval()
+    low = copy.deepcopy(at)
+    for lin in (low.wq, low.wk, low.wv, low.wo):
+        lin.to(torch.bfloat16)
+    b, s, hd = 2, 11, cfg.head_dim
+    x = torch.randn(b, s, cfg.d_model)
+    pos = torch.arange(s)
+    mask = window_sink_mask(pos, 2, 4)
+    cos, sin = rope_cos_sin(pos, rope_inv_freq(hd, cfg.rope_theta))
+    cb, sb = cos.expand(b, s, -1).contiguous(), sin.expand(b, s, -1).contiguous()
+    add = torch.where(mask, 0.0, float("-inf")).expand(b, s, s).contiguous()
+    outs = []
+    with torch.no_grad():
+        for mod, dt in ((at, torch.float32), (low, torch.bfloat16)):
+            ws = mod.workspace(b * s, s, dtype=dt)
+            k, v = torch.empty(b, s, 2, hd), torch.empty(b, s, 2, hd)
+            xi = x.to(dt)
+            mod.kv_(xi, cb, sb, ws, k, v)
+            keys, values = k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
+            out = torch.empty(b * s, cfg.d_model, dtype=dt)
+            outs.append(mod.attend_(xi, cb, sb, keys, values, add, ws, out).float())
+    ref, got = outs
+    assert (got - ref).abs().max() < 0.05 * ref.abs().max()

@@ -203,6 +203,13 @@ class InteractionSettings(_Section):
     num_gpus: float = Field(0.0, ge=0, description="ray_actor_options.num_gpus of each replica")
     device: str = Field("auto", description="torch device for the engine: auto, cpu, cuda, cuda:N")
     torch_threads: int = Field(1, ge=1, le=256, description="intra-op threads of the engine step")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="engine arithmetic: fp32, or bf16 weight copies and activations in the transformer's "
+        "projections and feed-forward and in the flow head (norms, residual stream, KV ring, attention, "
+        "sampling, featuriser and vocoder stay fp32); the same at every batch size. bf16 pays on CPUs "
+        "with AVX512-BF16/AMX and on GPUs; gate it with `make eval` (fp32 vs bf16 scores)",
+    )
     checkpoint: str | None = Field(None, description="model checkpoint dir; unset: the shipped default")
     model_preset: str = Field(
         "tiny", description="preset for a randomly initialised model when no checkpoint"

@@ -92,6 +92,7 @@ class Engine:
         speaking_threshold: float = -5.0,
         moe_gather_max_tokens: int | None = None,
         observer: StepObserver | None = None,
+        precision: str = "fp32",
     ):
         if num_slots < 1:
             raise EngineError(f"num_slots must be >= 1, got {num_slots}")
@@ -109,7 +110,9 @@ class Engine:
         self.speaking_threshold = speaking_threshold
         # a model may bring its own executor (microturn.model.scripted: a test model's text script)
         executor_class = getattr(model, "executor_class", None) or Executor
-        self.ex = executor_class(self.model, num_slots, self.device, moe_gather_max_tokens)
+        self.ex = executor_class(
+            self.model, num_slots, self.device, moe_gather_max_tokens, precision=precision
+        )
         self.ex.observer = observer
         self.sessions: dict[str, SessionState] = {}
         self._free = list(range(num_slots))

@@ -21,6 +21,12 @@ Rows and slots: a step covers the contiguous slot range ``[lo, lo + rows)`` that
 KV writes go to a spare trash slot and their small state is never committed. Attention then reads each
 row's own KV as a plain view of the cache range, so no KV is ever copied or gathered.
 
+Precision (``interaction.precision``): fp32, or bf16 copies of the attention projections, feed-forward /
+MoE and flow-head weights made once at init, with those layers' activations in bf16 and everything else
+(norms, residual stream, KV ring, RoPE, attention scores and softmax, sampling, featuriser, vocoder) in
+fp32; the same at every batch size (batch invariance; a bf16 MoE engine also fixes its decode path by
+capacity). ``stage_timer`` (a ``StageTimer``, None in serving) times each stage of a live step.
+
 Two kinds of step share the buffers: ``run`` (a live micro-turn: prefill, then one forward per output
 token, sampling as it goes) and ``run_forced`` (rebuilding a session: every token of the micro-turn is
 known — what the model fed back to itself travels with the output chunk — so the whole turn is one
@@ -29,7 +35,10 @@ forward and nothing is sampled or vocoded).
 
 from __future__ import annotations
 
+import copy
 import math
+import time
+from collections import defaultdict
 
 import numpy as np
 import torch
@@ -37,12 +46,39 @@ from torch import Tensor
 
 from microturn.engine.types import StepObserver, StepPlan, StepResult
 from microturn.model import tokens as tk
+from microturn.model.flow import FlowHead
 from microturn.model.model import InteractionModel
 from microturn.model.moe import MoE
 from microturn.model.transformer import rope_cos_sin_
 
+PRECISIONS = ("fp32", "bf16")  # the engine's arithmetic (``interaction.precision``)
 NEG_POS = -(2**40)  # ring position of an empty entry: never inside any window
 EMB_CHUNK_CPU = 16  # dMel tokens per embedding gather on a CPU (16 x 320 rows of d: cache-sized; measured)
+
+
+class StageTimer:
+    """Wall time per stage of live steps (``benchmarks/bench_engine.py``): set ``Executor.stage_timer``
+    to one; ``lap(name)`` adds the time since the previous lap to ``totals[name]``. Serving leaves the
+    attribute None and the step only tests it (no clock reads, no allocation)."""
+
+    STAGES = ("stage", "featurise", "embed", "prefill", "decode", "sample", "flow", "vocoder", "commit")
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = defaultdict(float)
+        self.steps = 0
+        self._t = 0.0
+
+    def start(self) -> None:
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.totals[name] += now - self._t
+        self._t = now
+
+    def reset(self) -> None:
+        self.totals.clear()
+        self.steps = 0
 
 
 class Executor:
@@ -52,7 +88,16 @@ class Executor:
         num_slots: int,
         device: torch.device,
         moe_gather_max_tokens: int | None = None,
+        precision: str = "fp32",
     ):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
+        # bf16: copies of the matmul-heavy weights (attention projections, feed-forward / MoE, flow head)
+        # made once here; their activations are bf16, everything else stays fp32 (see _low_precision)
+        self.wdt = torch.bfloat16 if precision == "bf16" else torch.float32
+        self.blocks, self.flow = self._low_precision(model)
+        self.stage_timer: StageTimer | None = None  # benchmark instrumentation; None costs nothing
         cfg, lay = model.cfg, model.layout
         self.model, self.cfg, self.lay, self.device = model, cfg, lay, device
         self.num_slots = num_slots
@@ -61,6 +106,10 @@ class Executor:
         # copy more weight bytes than running all experts once, so the dense-all path is used instead
         e_k = max(cfg.n_experts, 1) // max(cfg.top_k, 1)
         self.moe_gather_max_tokens = max(1, e_k) if moe_gather_max_tokens is None else moe_gather_max_tokens
+        if moe_gather_max_tokens is None and precision != "fp32":
+            # bf16 rounds the two decode paths apart by more than batch invariance allows (a dMel level
+            # flips), so a low-precision engine takes one path at every batch size, chosen by capacity
+            self.moe_gather_max_tokens = num_slots if num_slots <= max(1, e_k) else 0
         self.S, self.T, self.P = cfg.n_sinks, lay.turn_len, lay.n_prefill
         self.window = cfg.window_turns * self.T
         # a block writes its entries before its first query reads: P for a live prefill, T for a forced turn
@@ -129,7 +178,7 @@ class Executor:
         self.sink_col[: self.S] = True
         self.inv_freq = model.transformer.inv_freq.to(dev)
 
-        self.flow_ws = model.flow.workspace(B, dev)
+        self.flow_ws = model.flow.workspace(B, dev, self.wdt)
 
         # ---- flat work buffers ----
         N = B * self.block
@@ -164,8 +213,12 @@ class Executor:
             "commit": B * max(spc, fpt * nm * lvl),
         }
         self.buf = {k: torch.zeros(v, **f32) for k, v in sizes.items()}
-        ffn0 = model.transformer.blocks[0].ffn
-        self.moe_ws = ffn0.workspace(N, G, dev) if isinstance(ffn0, MoE) else None
+        # the matmul-heavy layers' inputs and outputs, in the weights' dtype (fp32: the same buffers)
+        low = self.wdt != torch.float32
+        for k in ("h", "tmpd", "ff_a", "ff_b"):  # ("tmpd_w" is cast into "tmpd" for the residual add)
+            self.buf[k + "_w"] = torch.zeros(sizes[k], device=dev, dtype=self.wdt) if low else self.buf[k]
+        ffn0 = self.blocks[0].ffn
+        self.moe_ws = ffn0.workspace(N, G, dev, self.wdt) if isinstance(ffn0, MoE) else None
         self.f64 = {k: torch.zeros(N * hh, device=dev, dtype=torch.float64) for k in ("posf", "ang", "cs")}
         lsizes = {
             "qlo": N,
@@ -181,7 +234,8 @@ class Executor:
             B, EMB_CHUNK_CPU if dev.type == "cpu" else B * lay.n_audio_in, dev
         )
         self.dmel_ws = model.dmel.workspace(B, dev)
-        self.attn_ws = model.transformer.blocks[0].attn.workspace(N, self.ctx, dev)  # shared by the layers
+        # shared by the layers
+        self.attn_ws = self.blocks[0].attn.workspace(N, self.ctx, dev, self.wdt, self.k_cache.dtype)
         self.gens: list[torch.Generator] = [torch.Generator(device=dev) for _ in range(B)]
         self.observer: StepObserver | None = None
         self._obs_rows: Tensor | None = None  # rows in plan order, while an observed step runs
@@ -195,6 +249,22 @@ class Executor:
         )
         self._rel_forced = np.arange(lay.turn_len - 1, dtype=np.int64)
         self._h_off = np.arange(self.nkv, dtype=np.int64) * self.ctx
+
+    def _low_precision(self, model: InteractionModel) -> tuple[torch.nn.ModuleList, FlowHead]:
+        """The blocks and flow head the step runs: the model's own (fp32), or copies whose attention
+        projections, feed-forward/MoE (router included) and flow-head linears are cast to bf16. Norms
+        stay fp32; the KV ring, RoPE, scores and softmax stay fp32 too: at the engine's shapes bf16
+        batched attention is no faster on a CPU (oneDNN's per-call overhead on small matrices; measured),
+        while bf16 projections and feed-forwards are 2-5x faster at B >= 16."""
+        blocks, flow = model.transformer.blocks, model.flow
+        if self.wdt == torch.float32:
+            return blocks, flow
+        blocks = copy.deepcopy(blocks)
+        for blk in blocks:
+            for lin in (blk.attn.wq, blk.attn.wk, blk.attn.wv, blk.attn.wo):
+                lin.to(self.wdt)
+            blk.ffn.to(self.wdt)
+        return blocks, copy.deepcopy(flow).to(self.wdt)
 
     # ---- helpers ----------------------------------------------------------------------------------
     def b(self, name: str, *shape: int) -> Tensor:
@@ -247,6 +317,10 @@ class Executor:
     def execute(self, plan: StepPlan) -> StepResult:
         """Run one planned micro-turn: stage its inputs, positions and KV-ring indices, compute (``run``
         or ``run_forced``), read the outputs back in the plan's order."""
+        st = self.stage_timer
+        if st is not None and plan.forced is None:
+            st.start()
+            st.steps += 1
         lo, rows, n_part, row_of = self._stage(plan)
         if plan.forced is not None:
             self.run_forced(lo, rows, n_part, plan.kv_layers)
@@ -258,6 +332,8 @@ class Executor:
             self.run(lo, rows, n_part, list(zip(row_of, plan.seeds, strict=True)))
         finally:
             self._obs_rows = None
+        if st is not None:
+            st.lap("commit")
         res = StepResult(
             text_ids=[[int(self.h_ids[j, r]) for j in range(self.lay.n_text_out)] for r in row_of],
             pcm=[self.h_pcm_out[r].copy() for r in row_of],
@@ -337,6 +413,7 @@ class Executor:
         subclass or a test wraps it.)"""
         cfg, lay = self.cfg, self.lay
         Bw, P, d = rows, self.P, cfg.d_model
+        st = self.stage_timer
         self._upload()
         # per-session randomness: Gumbel noise for text, Euler start noise for audio
         gum = self.b("gumbel", self.num_slots, lay.n_text_out, tk.VOCAB_SIZE)
@@ -350,16 +427,26 @@ class Executor:
         gw = gum[:Bw]
         gw.clamp_(min=1e-10, max=1.0 - 1e-7).log_().neg_().log_().neg_()
 
+        if st is not None:
+            st.lap("stage")  # staging, upload and the sampling noise
         x = self.b("x", Bw, P, d)
-        self._embed_prefill(lo, Bw, x)
+        self._embed_prefill(lo, Bw, x, st)
+        if st is not None:
+            st.lap("embed")
         hidden = self._forward(lo, Bw, P, 0, moe_gather=False)
         last = hidden.view(Bw, P, d)[:, P - 1]
         self._observe("hidden_pre", hidden.view(Bw, P, d))
+        if st is not None:
+            st.lap("prefill")
         for j in range(lay.n_text_out):
             self._sample_text(last, j, Bw)
             self.model.embed_text_out_(self.d_ids[j, :Bw], j, self.b("x", Bw, d))
+            if st is not None:
+                st.lap("sample")  # text head, sampling and the token's embedding
             hidden = self._forward(lo, Bw, 1, 1 + j, moe_gather=True)
             last = hidden
+            if st is not None:
+                st.lap("decode")
         for j in range(lay.n_audio_out):
             self._flow(last, j, Bw)
             self._observe(f"cond{j}", last)
@@ -367,14 +454,22 @@ class Executor:
                 break
             levels = self.lb("aout", Bw, lay.n_audio_out, cfg.mel_dim)[:, j]
             self.model.embed_audio_out_(levels, j, self.embed_ws, self.b("x", Bw, d))
+            if st is not None:
+                st.lap("flow")  # flow sampling, dMel quantisation and the token's embedding
             hidden = self._forward(lo, Bw, 1, 1 + lay.n_text_out + j, moe_gather=True)
             last = hidden
+            if st is not None:
+                st.lap("decode")
+        if st is not None:
+            st.lap("flow")
         # vocoder, speaking energy, outputs
         mel = self.b("melout", Bw, cfg.frames_per_chunk, cfg.n_mels)
         tail = self.b("tail_rows", Bw, self.model.vocoder.tail_len)
         tail.copy_(self.voc_tail[lo : lo + Bw])
         pcmf = self.b("pcmf", Bw, cfg.samples_per_chunk)
         self.model.vocoder.chunk_(self.voc_ws, Bw, mel, tail, pcmf)
+        if st is not None:
+            st.lap("vocoder")
         torch.sum(mel.view(Bw, -1), -1, out=self.d_energy[:Bw])
         self.d_energy[:Bw].mul_(self.c_inv_melsum)
         pcmf.mul_(self.c_i16).round_()
@@ -450,8 +545,10 @@ class Executor:
         state.index_copy_(0, slots_i, tmp)
 
     # ---- embeddings -------------------------------------------------------------------------------
-    def _embed_prefill(self, lo: int, Bw: int, x: Tensor) -> None:
+    def _embed_prefill(self, lo: int, Bw: int, x: Tensor, st: StageTimer | None = None) -> None:
         lev = self._featurize(lo, Bw)  # causal frames with the slot's audio history
+        if st is not None:
+            st.lap("featurise")
         self.model.embed_prefill_(
             self.embed_ws,
             self.pending[lo : lo + Bw].view(Bw, -1),
@@ -509,34 +606,45 @@ class Executor:
         )
         rope_cos_sin_(pos, self.inv_freq, ws64, cos, sin)
 
-        h = self.b("h", N, d)
-        h3 = h.view(Bw, tq, d)
-        tmpd = self.b("tmpd", N, d)
+        # h: the normed residual (fp32); hw, tmpd: the matmul layers' input and output in the weights'
+        # dtype (with fp32 weights hw is h itself and the cast is skipped)
+        h, hw = self.b("h", N, d), self.b("h_w", N, d)
+        tmpd, tmpw = self.b("tmpd", N, d), self.b("tmpd_w", N, d)
+        cast = self.wdt != torch.float32
+        h3 = hw.view(Bw, tq, d)
         sq, stat = self.b("sq", N, d), self.b("stat", N, 1)
         krot = self.b("krot", Bw, tq, nkv, hd)
         v = self.b("v", Bw, tq, nkv, hd)
-        for li, blk in enumerate(self.model.transformer.blocks):
+        for li, blk in enumerate(self.blocks):
             at = blk.attn
             blk.attn_norm.forward_(x, h, sq, stat)
+            if cast:
+                hw.copy_(h)
             at.kv_(h3, cos, sin, self.attn_ws, krot, v)
             kc, vc = self.k_cache[li], self.v_cache[li]
             kc.view(-1, hd).index_copy_(0, kvidx, krot.view(-1, hd))
             vc.view(-1, hd).index_copy_(0, kvidx, v.view(-1, hd))
             if kv_layers is not None and li == kv_layers - 1:
                 return x  # the KV is written; nothing reads this layer's output
-            at.attend_(h3, cos, sin, kc[lo : lo + Bw], vc[lo : lo + Bw], maskf, self.attn_ws, tmpd)
+            at.attend_(h3, cos, sin, kc[lo : lo + Bw], vc[lo : lo + Bw], maskf, self.attn_ws, tmpw)
+            if cast:
+                tmpd.copy_(tmpw)
             x.add_(tmpd)
             blk.ffn_norm.forward_(x, h, sq, stat)
+            if cast:
+                hw.copy_(h)
             f = blk.ffn
             if isinstance(f, MoE):
                 assert self.moe_ws is not None
                 if moe_gather and self.moe_gather_max_tokens >= N:
-                    f.gather_gemv_(h, tmpd, self.moe_ws)
+                    f.gather_gemv_(hw, tmpw, self.moe_ws)
                 else:
-                    f.dense_all_(h, tmpd, self.moe_ws)
+                    f.dense_all_(hw, tmpw, self.moe_ws)
             else:
                 ff = f.w_gate.weight.shape[0]
-                f.step_(h, tmpd, self.b("ff_a", N, ff), self.b("ff_b", N, ff))
+                f.step_(hw, tmpw, self.b("ff_a_w", N, ff), self.b("ff_b_w", N, ff))
+            if cast:
+                tmpd.copy_(tmpw)
             x.add_(tmpd)
         out = self.b("h", N, d)
         self.model.transformer.norm.forward_(x, out, sq, stat)
@@ -556,7 +664,7 @@ class Executor:
         cfg = self.cfg
         xx = self.b("fx", Bw, cfg.mel_dim)
         xx.copy_(self.b("noise", self.num_slots, self.lay.n_audio_out, cfg.mel_dim)[:Bw, j])
-        self.model.flow.sample_(cond, xx, self.flow_ws)
+        self.flow.sample_(cond, xx, self.flow_ws)
         fpt = cfg.frames_per_audio_token
         mel = self.b("melout", Bw, cfg.frames_per_chunk, cfg.n_mels)[:, j * fpt : (j + 1) * fpt]
         mv = xx.view(Bw, fpt, cfg.n_mels)

@@ -29,13 +29,19 @@ from microturn.gym.tasks import FAMILIES
 EVAL_SEED_BASE = 1_000_000
 
 
-def eval_seeds(n: int) -> list[int]:
-    return [EVAL_SEED_BASE + i for i in range(n)]
+def eval_seeds(n: int, offset: int = 0) -> list[int]:
+    return [EVAL_SEED_BASE + offset + i for i in range(n)]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m microturn.gym.eval", description=__doc__.split("\n")[0])
     p.add_argument("--seeds", type=int, default=4, help="held-out sessions per family (default 4)")
+    p.add_argument(
+        "--seed-offset",
+        type=int,
+        default=0,
+        help="first held-out seed index (a disjoint seed set: --seed-offset N with --seeds <= N)",
+    )
     p.add_argument("--families", default=",".join(FAMILIES), help="comma-separated family names")
     p.add_argument("--checkpoint", type=Path, default=None, help="model checkpoint (.safetensors)")
     p.add_argument("--untrained-preset", default="tiny", help="preset for the untrained row (no checkpoint)")
@@ -47,10 +53,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--asr", default="template", choices=["template", "sphinx"], help="speech recogniser")
     p.add_argument("--slots", type=int, default=16, help="engine session slots (sessions per step)")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="engine matmul precision of the model row (interaction.precision)",
+    )
     p.add_argument("--out", type=Path, default=Path(".state/eval"), help="output directory")
     args = p.parse_args(argv)
     if args.seeds < 1:
         p.error("--seeds must be at least 1")
+    if args.seed_offset < 0:
+        p.error("--seed-offset must be >= 0")
     args.families = [f.strip() for f in args.families.split(",") if f.strip()]
     unknown = [f for f in args.families if f not in FAMILIES]
     if unknown:
@@ -78,13 +92,17 @@ def build_responders(args: argparse.Namespace) -> list[Responder]:
         else:
             ckpt = args.checkpoint or default_checkpoint()
             model, label = load_model(ckpt, args.untrained_preset)
-            out.append(EngineResponder(model, label, num_slots=args.slots, device=args.device))
+            out.append(
+                EngineResponder(
+                    model, label, num_slots=args.slots, device=args.device, precision=args.precision
+                )
+            )
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    seeds = eval_seeds(args.seeds)
+    seeds = eval_seeds(args.seeds, args.seed_offset)
     results: list[RunResult] = []
     for responder in build_responders(args):
         print(
@@ -99,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "families": args.families,
         "asr": args.asr,
         "checkpoint": str(args.checkpoint or ""),
+        "precision": args.precision,
     }
     json_path, md_path = write(results, args.out, config)
     print(f"wrote {json_path} and {md_path}", file=sys.stderr)

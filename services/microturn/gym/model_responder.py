@@ -19,13 +19,15 @@ def default_checkpoint() -> Path | None:
 class EngineResponder(_PerSession):
     """Wraps ``microturn.engine.Engine``: each harness step is one engine tick for all sessions."""
 
-    def __init__(self, model: Any, label: str, num_slots: int = 16, device: str = "cpu") -> None:
+    def __init__(
+        self, model: Any, label: str, num_slots: int = 16, device: str = "cpu", precision: str = "fp32"
+    ) -> None:
         from microturn.engine import Engine
 
         super().__init__()
         if num_slots < 1:
             raise ValueError(f"num_slots must be >= 1, got {num_slots}")
-        self.engine = Engine(model, num_slots, device=device)
+        self.engine = Engine(model, num_slots, device=device, precision=precision)
         self.max_sessions = num_slots
         self.label = label
 

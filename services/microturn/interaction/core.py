@@ -106,6 +106,7 @@ class InteractionCore:
             self.cfg.session_slots,
             device=resolve_device(self.cfg.device),
             max_video_frames=self.limits.max_video_frames_per_chunk,
+            precision=self.cfg.precision,
         )
         self.clock = ChunkClock(self.limits.chunk_ms)
         # every metric of a replica: which replica, which model version (no per-session labels)

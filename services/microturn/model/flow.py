@@ -39,6 +39,11 @@ class FlowWorkspace:
     h1: Tensor  # [rows * hidden]
     h2: Tensor  # [rows * hidden]
     v: Tensor  # [rows * mel_dim]
+    # the inputs in the workspace's dtype when it is not the caller's (a bf16 head on fp32 state: the
+    # Euler state ``x`` itself stays in the caller's dtype)
+    xw: Tensor | None = None  # [rows * mel_dim]
+    cw: Tensor | None = None  # [rows * d_model]
+    vf: Tensor | None = None  # [rows * mel_dim] the velocity cast to the caller's dtype
 
 
 class FlowHead(nn.Module):
@@ -79,12 +84,26 @@ class FlowHead(nn.Module):
         return self.loss_rows(cond, x1, generator).mean()
 
     @torch.no_grad()
-    def workspace(self, rows: int, device: torch.device | str = "cpu") -> FlowWorkspace:
+    def workspace(
+        self, rows: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> FlowWorkspace:
+        """Buffers for ``sample_`` by this head's weights, or by a copy of them cast to ``dtype``
+        (bf16: the caller's state stays fp32, the matmuls run in ``dtype``)."""
         hf, m, n = self.cfg.flow_hidden, self.cfg.mel_dim, self.cfg.flow_steps
         ts = torch.arange(n, dtype=torch.float32, device=device) / n
-        tproj = (self.in_t(time_embedding(ts)) + self.in_x.bias).contiguous()
-        z = lambda k: torch.zeros(k, device=device)  # noqa: E731
-        return FlowWorkspace(tproj=tproj, cpart=z(rows * hf), h1=z(rows * hf), h2=z(rows * hf), v=z(rows * m))
+        tproj = (self.in_t(time_embedding(ts)) + self.in_x.bias).to(dtype).contiguous()
+        z = lambda k: torch.zeros(k, device=device, dtype=dtype)  # noqa: E731
+        cast = dtype != torch.float32
+        return FlowWorkspace(
+            tproj=tproj,
+            cpart=z(rows * hf),
+            h1=z(rows * hf),
+            h2=z(rows * hf),
+            v=z(rows * m),
+            xw=z(rows * m) if cast else None,
+            cw=z(rows * self.cfg.d_model) if cast else None,
+            vf=torch.zeros(rows * m, device=device) if cast else None,
+        )
 
     def sample_(self, cond: Tensor, x: Tensor, ws: FlowWorkspace) -> Tensor:
         """Euler integration in place: x [N, mel_dim] holds the start noise and ends as the normalised
@@ -92,14 +111,24 @@ class FlowHead(nn.Module):
         n, hf, m = x.shape[0], self.cfg.flow_hidden, self.cfg.mel_dim
         cpart, h1, h2 = (b[: n * hf].view(n, hf) for b in (ws.cpart, ws.h1, ws.h2))
         v = ws.v[: n * m].view(n, m)
+        if ws.cw is not None:
+            cond = ws.cw[: cond.numel()].view(cond.shape).copy_(cond)
         torch.mm(cond, self.in_c.weight.t(), out=cpart)
+        xin = x if ws.xw is None else ws.xw[: n * m].view(n, m)
         steps = self.cfg.flow_steps
         for i in range(steps):
-            torch.addmm(cpart, x, self.in_x.weight.t(), out=h1)
+            if ws.xw is not None:
+                xin.copy_(x)
+            torch.addmm(cpart, xin, self.in_x.weight.t(), out=h1)
             h1.add_(ws.tproj[i])
             F.silu(h1, inplace=True)
             torch.addmm(self.fc.bias, h1, self.fc.weight.t(), out=h2)
             F.silu(h2, inplace=True)
             torch.addmm(self.out.bias, h2, self.out.weight.t(), out=v)
-            x.add_(v, alpha=1.0 / steps)
+            if ws.vf is None:
+                x.add_(v, alpha=1.0 / steps)
+            else:
+                vf = ws.vf[: n * m].view(n, m)
+                vf.copy_(v)
+                x.add_(vf, alpha=1.0 / steps)
         return x

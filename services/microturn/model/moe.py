@@ -63,6 +63,9 @@ class MoEWorkspace:
     hg: Tensor  # [G * k * d_ff]
     hu: Tensor
     yg: Tensor  # [G * k * d]
+    # fp32 gate scratch of a low-precision workspace (scatter_ into bf16 allocates on a CPU)
+    topw32: Tensor | None = None  # [N * k]
+    gate32: Tensor | None = None  # [N * E]
 
 
 def _cut(buf: Tensor, *shape: int) -> Tensor:
@@ -124,10 +127,17 @@ class MoE(nn.Module):
         return out
 
     # ---- streaming steps (engine) ---------------------------------------------------------------
-    def workspace(self, n_tokens: int, n_gather: int, device: torch.device | str = "cpu") -> MoEWorkspace:
-        """Buffers for up to ``n_tokens`` tokens, of which up to ``n_gather`` take gather + GEMV."""
+    def workspace(
+        self,
+        n_tokens: int,
+        n_gather: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> MoEWorkspace:
+        """Buffers for up to ``n_tokens`` tokens, of which up to ``n_gather`` take gather + GEMV, in the
+        weights' ``dtype``."""
         e, k, f, d = self.n_experts, self.top_k, self.d_ff, self.d
-        z = lambda n, dt=torch.float32: torch.zeros(max(n, 1), dtype=dt, device=device)  # noqa: E731
+        z = lambda n, dt=dtype: torch.zeros(max(n, 1), dtype=dt, device=device)  # noqa: E731
         g = n_gather * k
         return MoEWorkspace(
             router=z(n_tokens * e),
@@ -144,6 +154,8 @@ class MoE(nn.Module):
             hg=z(g * f),
             hu=z(g * f),
             yg=z(g * d),
+            topw32=z(n_tokens * k, torch.float32) if dtype != torch.float32 else None,
+            gate32=z(n_tokens * e, torch.float32) if dtype != torch.float32 else None,
         )
 
     def route_(self, x: Tensor, ws: MoEWorkspace) -> tuple[Tensor, Tensor]:
@@ -183,8 +195,15 @@ class MoE(nn.Module):
         n, e, f = x.shape[0], self.n_experts, self.d_ff
         w, idx = self.route_(x, ws)
         gate = _cut(ws.gate, n, e)
-        gate.zero_()
-        gate.scatter_(1, idx, w)
+        if ws.gate32 is None:
+            gate.zero_()
+            gate.scatter_(1, idx, w)
+        else:
+            w32, g32 = _cut(ws.topw32, n, self.top_k), _cut(ws.gate32, n, e)
+            w32.copy_(w)
+            g32.zero_()
+            g32.scatter_(1, idx, w32)
+            gate.copy_(g32)
         a, b = _cut(ws.a, n, e * f), _cut(ws.b, n, e * f)
         torch.mm(x, self.w_gate.view(e * f, -1).t(), out=a)
         torch.mm(x, self.w_up.view(e * f, -1).t(), out=b)

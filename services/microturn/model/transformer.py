@@ -97,7 +97,10 @@ def window_sink_mask(pos: Tensor, n_sinks: int, window: int) -> Tensor:
 
 @dataclass
 class AttnWorkspace:
-    """Flat buffers of the attention steps for up to ``tokens`` query tokens over ``ctx`` keys each."""
+    """Flat buffers of the attention steps for up to ``tokens`` query tokens over ``ctx`` keys each.
+    ``ao`` (the output projection's input) is in the weights' dtype, the rest in the KV's; when the two
+    differ (a bf16 engine keeps attention itself in fp32) the projections write ``qw`` / ``kw`` / ``vw``
+    in the weights' dtype and are cast by a copy (a mixed-dtype elementwise op would allocate)."""
 
     tokens: int
     ctx: int
@@ -108,6 +111,19 @@ class AttnWorkspace:
     probs: Tensor
     ob: Tensor  # [tokens * heads * hd]
     ao: Tensor
+    qw: Tensor | None = None  # [tokens * heads * hd]
+    kw: Tensor | None = None  # [tokens * kv_heads * hd]
+    vw: Tensor | None = None
+
+
+def _proj_(x: Tensor, w: Tensor, scratch: Tensor | None, out: Tensor) -> None:
+    """out = x @ w.T; with ``scratch`` (the weights' dtype) the product is taken there and cast into out."""
+    if scratch is None:
+        torch.mm(x, w.t(), out=out)
+    else:
+        tmp = scratch[: out.numel()].view(out.shape)
+        torch.mm(x, w.t(), out=tmp)
+        out.copy_(tmp)
 
 
 class Attention(nn.Module):
@@ -134,9 +150,17 @@ class Attention(nn.Module):
         return self.wo(o.transpose(1, 2).reshape(b, s, -1))
 
     # ---- streaming steps (engine) ---------------------------------------------------------------
-    def workspace(self, tokens: int, ctx: int, device: torch.device | str = "cpu") -> AttnWorkspace:
+    def workspace(
+        self,
+        tokens: int,
+        ctx: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        kv_dtype: torch.dtype = torch.float32,
+    ) -> AttnWorkspace:
+        """``dtype``: the projections' (the weights'); ``kv_dtype``: the stored keys/values'."""
         hq, hk = self.n_heads * self.hd, self.n_kv * self.hd
-        z = lambda n: torch.zeros(n, device=device)  # noqa: E731
+        z = lambda n, dt=kv_dtype: torch.zeros(n, device=device, dtype=dt)  # noqa: E731
         return AttnWorkspace(
             tokens=tokens,
             ctx=ctx,
@@ -146,7 +170,10 @@ class Attention(nn.Module):
             scores=z(tokens * self.n_heads * ctx),
             probs=z(tokens * self.n_heads * ctx),
             ob=z(tokens * hq),
-            ao=z(tokens * hq),
+            ao=z(tokens * hq, dtype),
+            qw=z(tokens * hq, dtype) if dtype != kv_dtype else None,
+            kw=z(tokens * hk, dtype) if dtype != kv_dtype else None,
+            vw=z(tokens * hk, dtype) if dtype != kv_dtype else None,
         )
 
     def kv_(
@@ -156,8 +183,8 @@ class Attention(nn.Module):
         h [B, t, d] normed input; cos/sin [B, t, hd/2]; k_out, v_out [B, t, kv_heads, hd]."""
         b, t, _ = h.shape
         k = ws.k[: b * t * self.n_kv * self.hd].view(b * t, -1)
-        torch.mm(h.view(b * t, -1), self.wk.weight.t(), out=k)
-        torch.mm(h.view(b * t, -1), self.wv.weight.t(), out=v_out.view(b * t, -1))
+        _proj_(h.view(b * t, -1), self.wk.weight, ws.kw, k)
+        _proj_(h.view(b * t, -1), self.wv.weight, ws.vw, v_out.view(b * t, -1))
         rope_(k.view(b, t, self.n_kv, self.hd), cos.unsqueeze(2), sin.unsqueeze(2), k_out)
 
     def attend_(
@@ -177,7 +204,7 @@ class Attention(nn.Module):
         nkv, hd, ctx = self.n_kv, self.hd, keys.shape[2]
         g, n = self.n_heads // nkv, b * t
         q = ws.q[: n * self.n_heads * hd].view(n, -1)
-        torch.mm(h.view(n, -1), self.wq.weight.t(), out=q)
+        _proj_(h.view(n, -1), self.wq.weight, ws.qw, q)
         qb = ws.qb[: n * self.n_heads * hd].view(b, nkv, g, t, hd)
         rope_(
             q.view(b, t, nkv, g, hd),
