@@ -38,7 +38,9 @@ COPY services ./services
 # loadtest is part of the distribution: `microturn loadtest`, and `python -m loadtest.smoke`, the
 # WebRTC call of `helm test`.
 COPY loadtest ./loadtest
-RUN pip install --no-cache-dir . && rm -rf services loadtest
+# kernels/: the GPU kernels (a CUDA torch brings the triton they need; on a CPU image they are unused)
+COPY kernels ./kernels
+RUN pip install --no-cache-dir . && rm -rf services loadtest kernels
 # docs/: the tool service's knowledge search reads it (tools.project_docs_dir, relative to /app).
 COPY docs ./docs
 

@@ -190,7 +190,12 @@ def test_every_microturn_container_runs_a_real_microturn_command(values, rendere
             copied = re.search(r"^COPY loadtest \./loadtest$", text, re.M)
             installed = re.search(r"^RUN pip install [^\n]*\s\.\s", text, re.M)
             assert copied and installed and copied.start() < installed.start()
-            assert 'include = ["microturn*", "loadtest*"]' in (ROOT / "pyproject.toml").read_text()
+            include = re.search(r"^include = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.M)
+            assert include and '"loadtest*"' in include.group(1)
+            # every top-level package of the distribution is copied before the install
+            packages = re.search(r"^package-dir = \{(.*)\}$", (ROOT / "pyproject.toml").read_text(), re.M)
+            for top in re.findall(r'"(\w+)" = "\w+"', packages.group(1)):
+                assert re.search(rf"^COPY {top} \./{top}$", text, re.M), f"the Dockerfile does not copy {top}/"
             smoke_parser().parse_args(cmd[3:])
             ran.add("loadtest.smoke")
         else:
