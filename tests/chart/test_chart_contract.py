@@ -195,7 +195,9 @@ def test_every_microturn_container_runs_a_real_microturn_command(values, rendere
             # every top-level package of the distribution is copied before the install
             packages = re.search(r"^package-dir = \{(.*)\}$", (ROOT / "pyproject.toml").read_text(), re.M)
             for top in re.findall(r'"(\w+)" = "\w+"', packages.group(1)):
-                assert re.search(rf"^COPY {top} \./{top}$", text, re.M), f"the Dockerfile does not copy {top}/"
+                assert re.search(rf"^COPY {top} \./{top}$", text, re.M), (
+                    f"the Dockerfile does not copy {top}/"
+                )
             smoke_parser().parse_args(cmd[3:])
             ran.add("loadtest.smoke")
         else:
