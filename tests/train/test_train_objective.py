@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from microturn.model import InteractionModel, preset
 from microturn.model import tokens as tk
 from microturn.train.data import SessionBank, TrainBatch, collate
-from microturn.train.objective import compute_losses, corrupt_feedback, positions
+from microturn.train.objective import compute_losses, corrupt_feedback
 
 CFG = preset("test")
 W = (8.0, 2.0, 4.0)
@@ -45,7 +45,7 @@ def test_matches_model_forward_at_offset_zero_with_unit_weights(setup):
 def test_position_offset_moves_turns_but_not_sinks(setup):
     model, bank = setup
     s, t = CFG.n_sinks, model.layout.turn_len
-    p = positions(model, 2, 5, torch.device("cpu"))
+    p = model.positions(2, 5, torch.device("cpu"))
     assert p.tolist() == list(range(s)) + [s + 5 * t + i for i in range(2 * t)]
     # the relative distance to the sinks changes, so the loss does (tokens among themselves do not)
     ex = bank.get("timespeak", 1)

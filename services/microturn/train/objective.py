@@ -18,11 +18,6 @@ from microturn.model import InteractionModel
 from microturn.train.data import TrainBatch
 
 
-def positions(model: InteractionModel, n_turns: int, offset: int, device: torch.device) -> Tensor:
-    """Absolute positions of sinks + ``n_turns`` micro-turns starting at chunk index ``offset``."""
-    return model.positions(n_turns, offset, device)
-
-
 def corrupt_feedback(
     levels: Tensor, n_levels: int, max_sigma: float, replace_prob: float, generator: torch.Generator | None
 ) -> Tensor:
