@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 
 from microturn.gym import CHUNK_SAMPLES, FAMILIES, generate, training_sessions
+from microturn.gym.layout import TEXT_IN_PER_CHUNK
 from microturn.gym.scoring import parse_number
 from microturn.gym.session import speech_activity
+from microturn.model import tokens as tk
+from microturn.train.data import text_in_tokens
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -36,7 +39,7 @@ def test_layout_and_aligned_targets(family: str) -> None:
     assert [c.index for c in chunks] == list(range(n))
     speaking = speech_activity(s.target_pcm)
     said = [k for k, c in enumerate(chunks) if c.text_out]
-    assert said, "every family has the model say something"
+    assert bool(said) == (family != "idle"), "every family but Idle has the model say something"
     for k in said:  # a word's text sits in the chunk where its sound starts
         assert speaking[k]
         assert chunks[k].speaking
@@ -62,10 +65,51 @@ def test_delegation_targets_event_and_background_update() -> None:
     s = generate("delegation", 2)
     (open_chunk,) = s.target_delegations
     request = s.target_delegations[open_chunk]
-    assert request.startswith("weather ") or "*" in request
+    assert request.startswith("weather ") or "*" in request or "+" in request
     update_chunks = [k for k, b in enumerate(s.background_in) if b]
-    assert update_chunks == [s.meta["update"]] and open_chunk < s.meta["update"]
-    assert " ".join(s.meta["result"]) in s.background_in[s.meta["update"]][0]
+    assert update_chunks[-1] == s.meta["update"] and open_chunk < update_chunks[0]
+    if "*" in request or "+" in request:  # the planner's progress, then its answer
+        assert update_chunks == [open_chunk + 1, s.meta["update"]]
+        assert s.background_in[open_chunk + 1] == [f"Calculating {request}… "]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_delegation_reacts_only_to_what_it_has_read(seed: int) -> None:
+    """Typed requests and background updates are read 3 bytes per micro-turn: the delegation opens
+    after the whole request is read and the result is said after the whole update is (the result is
+    in it as the planner writes it: digits for arithmetic)."""
+    s = generate("delegation", seed)
+    tokens = text_in_tokens(s.text_in, s.background_in, TEXT_IN_PER_CHUNK)
+    read_at = [k for k in range(s.num_chunks) if (tokens[k] != tk.PAD).any()]
+    (open_chunk,) = s.target_delegations
+    if s.meta["typed"]:
+        request_read = max(k for k in read_at if k < open_chunk)
+        assert open_chunk == request_read + 1 == s.meta["user_end"] + 1
+        assert len(s.text_in[min(read_at)][0].encode()) > 3 * (request_read - min(read_at))  # all needed
+    first_said = min(k for k, t in enumerate(s.target_text) if t.split() and t.split()[0] == s.meta["result"][0]
+                     and k > s.meta["update"])  # fmt: skip
+    assert first_said == max(read_at) + 1 == s.meta["read"] + 1
+    (update,) = s.background_in[s.meta["update"]]
+    value = parse_number(s.meta["result"])
+    assert update.endswith(f" = {value}") if value is not None else update.endswith(s.meta["result"][0])
+
+
+def test_delegation_has_typed_and_spoken_requests_of_every_kind() -> None:
+    sessions = [generate("delegation", seed) for seed in range(64)]
+    kinds = {(s.meta["typed"], next(iter(s.target_delegations.values()))[0].isdigit()) for s in sessions}
+    assert kinds == {(True, True), (True, False), (False, True), (False, False)}
+    assert any("+" in r for s in sessions for r in s.target_delegations.values())
+
+
+def test_idle_sessions_have_no_input_and_no_target() -> None:
+    sessions = [generate("idle", seed) for seed in range(20)]
+    assert all(
+        not any(s.target_text) and not s.target_pcm.any() and not s.target_delegations for s in sessions
+    )
+    assert all(not any(s.text_in) and not any(s.background_in) and not s.user_words for s in sessions)
+    muted = [s for s in sessions if s.meta["muted"]]
+    assert muted and all(not s.pcm_in.any() for s in muted)  # a muted microphone: digital silence
+    assert all(s.pcm_in.any() for s in sessions if not s.meta["muted"])  # room noise
 
 
 def test_bad_requests_fail_clearly() -> None:

@@ -132,13 +132,25 @@ def test_simulspeech_translate_variant_wants_the_transformed_numbers() -> None:
 
 def test_delegation_half_credit() -> None:
     s = generate("delegation", 4)
-    fam, end, upd, result = get_family("delegation"), s.meta["user_end"], s.meta["update"], s.meta["result"]
-    spoken = [(w, upd + 1 + i) for i, w in enumerate(result)]
+    fam, end, result = get_family("delegation"), s.meta["user_end"], s.meta["result"]
+    spoken = [(w, s.meta["read"] + 1 + i) for i, w in enumerate(result)]
     assert fam.score(s, obs(s, spoken, [(end + 1, "weather")])).score == 100.0
     assert fam.score(s, obs(s, spoken)).score == 50.0
     assert fam.score(s, obs(s, [], [(end + 1, "weather")])).score == 50.0
     premature = [(w, end + 2) for w in result] + spoken
     assert fam.score(s, obs(s, premature, [(end + 1, "weather")])).score == 50.0
+    # said as the update arrives, before it could be read: too early
+    early = [(w, s.meta["update"] + 1 + i) for i, w in enumerate(result)]
+    assert s.meta["read"] - s.meta["update"] > 2
+    assert fam.score(s, obs(s, early, [(end + 1, "weather")])).score == 50.0
+
+
+def test_idle_wants_silence() -> None:
+    s = generate("idle", 3)
+    fam = get_family("idle")
+    assert fam.score(s, obs(s, [])).score == 100.0
+    assert fam.score(s, obs(s, [("lemon", 5)])).score == 50.0
+    assert fam.score(s, obs(s, [("lemon", 5), ("lemon", 15), ("lemon", 25)])).score == 25.0
 
 
 def test_scorer_rejects_other_family() -> None:

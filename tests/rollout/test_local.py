@@ -12,16 +12,17 @@ from microturn.cli import main as cli_main
 from microturn.config import load_settings
 from microturn.model.checkpoint import shipped_checkpoints
 from microturn.rollout import store
+from microturn.rollout.analysis import default_thresholds
 from microturn.rollout.local import (
     Deployed,
     app_for,
     read_deployed,
     resolve_checkpoint,
-    rollout_dir,
     serve_config_for,
     write_deployed,
 )
 from microturn.rollout.machine import SpecError, initial
+from microturn.rollout.store import rollout_dir, routing_path
 
 
 @pytest.fixture
@@ -86,12 +87,28 @@ def test_start_writes_the_spec_the_controller_reads(settings, capsys):
     assert json.loads((rollout_dir(settings) / "command.json").read_text()) == {"command": "pause"}
 
 
+def test_analysis_thresholds_can_be_set_per_rollout(settings):
+    write_status(settings)
+    assert cli_main(["rollout", "start", "--to", "microturn-tiny-v1", "--threshold", "tick_p99_ms=180:2",
+                     "--threshold", "stream_error_ratio=0.02"]) == 0  # fmt: skip
+    th = store.spec_from_doc(
+        json.loads((rollout_dir(settings) / "spec.json").read_text())
+    ).analysis.thresholds
+    assert (th["tick_p99_ms"].limit, th["tick_p99_ms"].margin) == (180, 2)
+    assert th["stream_error_ratio"].limit == 0.02 and th["stream_error_ratio"].margin == 0.5  # its default
+    assert th["deadline_miss_ratio"] == default_thresholds()["deadline_miss_ratio"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["--to", "microturn-tiny-v1", "--steps", "50,20,100"], "rise strictly"),
         (["--to", "microturn-tiny-v1", "--steps", "10,50"], "last step"),
         (["--to", "not-shipped"], "no checkpoint of version"),
+        (["--to", "microturn-tiny-v1", "--threshold", "tick_p99=150"], "METRIC one of"),
+        (["--to", "microturn-tiny-v1", "--threshold", "tick_p99_ms=fast"], "are numbers"),
+        (["--to", "microturn-tiny-v1", "--threshold", "tick_p99_ms=nan"], "finite and >= 0"),
+        (["--to", "microturn-tiny-v1", "--threshold", "tick_p99_ms=150:-1"], "finite and >= 0"),
     ],
 )
 def test_a_bad_rollout_is_refused_before_anything_changes(settings, capsys, args, message):
@@ -137,7 +154,7 @@ def test_candidate_settings_reach_its_replicas_and_bad_ones_are_refused(settings
 
 @pytest.mark.parametrize("move_to", ["", "microturn-tiny-v2"])
 def test_past_the_deadline_the_edges_are_told_to_move_or_end_the_versions_calls(settings, move_to):
-    from microturn.rollout.local import LocalController, routing_path
+    from microturn.rollout.local import LocalController
     from microturn.rollout.machine import EndSessions
     from microturn.rollout.routing import RoutingTable
 

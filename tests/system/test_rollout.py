@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 
 import pytest
 
@@ -34,7 +35,9 @@ def run(tmp_path_factory):
 
 def traffic(run: LocalRun) -> Traffic:
     target = f"127.0.0.1:{run.port('MICROTURN_INTERACTION__GRPC_PORT')}"
-    return Traffic(target, run.state / "rollout" / "routing.json", rate=1.0, length_s=8.0)
+    # a call every 2 s (4 live at a time) beside the WebRTC call: two model versions, the edge and this
+    # test share 2 cores, and the test is about who serves which call, not about capacity
+    return Traffic(target, run.state / "rollout" / "routing.json", rate=0.5, length_s=8.0)
 
 
 def within_binomial(on: int, n: int, p: float) -> bool:
@@ -50,6 +53,28 @@ async def phase_of(run: LocalRun) -> str:
     return json.loads(res.stdout)["status"]["phase"] if res.returncode == 0 else ""
 
 
+async def wait_phase(run: LocalRun, wanted: set[str], timeout_s: float) -> str:
+    """The first phase in ``wanted``; a failure naming the rollout's events and the run's output when
+    none comes within ``timeout_s``."""
+    deadline, phase = time.monotonic() + timeout_s, ""
+    while time.monotonic() < deadline:
+        if (phase := await phase_of(run)) in wanted:
+            return phase
+        await asyncio.sleep(0.5)
+    events = [(e["reason"], e["message"]) for e in events_of(run)]
+    pytest.fail(f"the rollout is {phase!r} after {timeout_s:.0f} s, not one of {sorted(wanted)}; "
+                f"events {events}\nlocal run:\n{run.up.drain()}")  # fmt: skip
+
+
+async def settle(run: LocalRun, timeout_s: float) -> dict:
+    """The status once the rollout rests (Succeeded or Aborted), or a failure naming its events."""
+    try:
+        return await follow(run.env, run.state, timeout_s, print)
+    except TimeoutError as exc:
+        events = [(e["reason"], e["message"]) for e in events_of(run)]
+        pytest.fail(f"{exc}; events {events}\nlocal run:\n{run.up.drain()}")
+
+
 @pytest.mark.timeout(900)  # a local run's start (~1 min), two rollouts under live calls (~3 min)
 async def test_a_rollout_moves_new_calls_and_lets_live_ones_finish_then_a_bad_one_rolls_back(run):
     edge = f"http://127.0.0.1:{run.port('MICROTURN_EDGE__PORT')}"
@@ -63,21 +88,30 @@ async def test_a_rollout_moves_new_calls_and_lets_live_ones_finish_then_a_bad_on
     await asyncio.sleep(4)
     res = await asyncio.to_thread(rollout_cli, run.env, run.state, "start", "--to", V1, "--steps", "50,100",
                                   "--hold", "6s", "--min-sessions", "2", "--interval", "3s",
-                                  "--drain-deadline", "20s", "--replay-compatible")  # fmt: skip
+                                  "--drain-deadline", "20s", "--replay-compatible",
+                                  # both versions share 2 cores and the candidate carries the new calls:
+                                  # tick time fails it only at 3x stable's, a fault, not the sharing
+                                  "--threshold", "tick_p99_ms=150:2")  # fmt: skip
     assert res.returncode == 0, res.stderr
-    for _ in range(240):  # until v1 takes every new call; the WebRTC call is still on v2
-        if await phase_of(run) in ("Promoted", "Draining"):
-            break
-        await asyncio.sleep(0.5)
-    # v2 cannot retire: the WebRTC call is still on it
-    assert await phase_of(run) == "Draining", [(e["reason"], e["message"]) for e in events_of(run)]
+    # until v1 takes every new call; v2 cannot retire: the WebRTC call is still on it
+    phase = await wait_phase(run, {"Draining", "Retiring", "Succeeded", "Aborting", "Aborted"}, 180)
+    assert phase == "Draining", [(e["reason"], e["message"]) for e in events_of(run)]
 
     def chunks() -> list[dict]:
         return [e for e in webrtc.events if e.get("type") == "chunk"]
 
     assert {e["model_version"] for e in chunks()} == {V2}, "the call changed version before the deadline"
     # past the 20 s drain deadline the call moves to v1 (replay-compatible versions) and goes on there
-    await wait_until(lambda: any(e["model_version"] == V1 for e in chunks()), 90, "the WebRTC call on v1")
+    try:
+        await wait_until(lambda: any(e["model_version"] == V1 for e in chunks()), 90, "the WebRTC call on v1")
+    except AssertionError as exc:
+        tail = [
+            (e.get("type"), e.get("index"), e.get("model_version"), e.get("message"))
+            for e in webrtc.events[-8:]
+        ]
+        events = [(e["reason"], e["message"]) for e in events_of(run)]
+        pytest.fail(f"{exc}: {len(chunks())} chunks, last events of the call {tail}; rollout events {events}"
+                    f"\nlocal run:\n{run.up.drain()}")  # fmt: skip
     moved_at = len(chunks())
     await asyncio.sleep(10)
     after = [e["model_version"] for e in chunks()[moved_at:]]
@@ -85,7 +119,7 @@ async def test_a_rollout_moves_new_calls_and_lets_live_ones_finish_then_a_bad_on
     indices = [k for k, _ in webrtc.chunk_arrivals()]
     assert indices == list(range(len(indices))) and not [e for e in webrtc.events if e.get("type") == "error"]
     await webrtc.close()
-    doc = await follow(run.env, run.state, 180, print)
+    doc = await settle(run, 180)
     stop.set()
     await runner
     assert doc["status"]["phase"] == "Succeeded" and doc["status"]["stable"] == V1
@@ -108,7 +142,7 @@ async def test_a_rollout_moves_new_calls_and_lets_live_ones_finish_then_a_bad_on
                                   "--min-sessions", "1", "--interval", "3s", "--failure-limit", "2",
                                   "--drain-deadline", "300s")  # fmt: skip
     assert res.returncode == 0, res.stderr
-    doc = await follow(run.env, run.state, 240, print)
+    doc = await settle(run, 240)
     stop.set()
     await runner
     st = doc["status"]

@@ -46,9 +46,13 @@ def test_example_has_the_shapes_and_targets_the_model_expects():
     assert ex.levels_out[spk].max() > 8
     silent = [k for k in range(n) if not s.target_pcm[max(0, k - 1) * 3200 : (k + 1) * 3200].any()]
     assert silent and ex.levels_out[silent].max() == 0
-    # the delegation's update reaches text-in wrapped in <bg> ... </bg>, in order, as the engine queues it
+    # a typed request as bytes, the delegation's updates wrapped in <bg> ... </bg>, in order, as the
+    # engine queues them
     flat = [t for t in ex.text_in.reshape(-1).tolist() if t != tk.PAD]
-    assert flat == [t for bg in s.background_in for u in bg for t in tk.encode_background(u)]
+    queued = [[*(t for u in typed for t in tk.encode_text(u)), *(t for u in bg for t in tk.encode_background(u))]
+              for typed, bg in zip(s.text_in, s.background_in, strict=True)]  # fmt: skip
+    assert flat == [t for chunk in queued for t in chunk]
+    assert s.meta["typed"] and tk.BG_START in flat
     assert tk.DELEG_START in ex.text_out
 
 
@@ -115,6 +119,31 @@ def test_batches_are_a_pure_function_of_seed_and_step(bank):
     ]
     assert any(differ) and b3.turns.text_out.shape[0] == 3
     assert max(b1.turns.text_out.shape[1], b3.turns.text_out.shape[1]) <= 20
+
+
+def test_length_grouped_batches_draw_the_same_sessions_with_less_padding(bank):
+    """A group of 4 batches holds exactly the crops 4 x batch_size uniform draws give, sorted by
+    length across the group: each batch pads less than ungrouped ones."""
+    fams = ["timespeak", "turntaking", "delegation", "idle"]
+    seeds = range(6)
+
+    def real_fraction(batches) -> float:
+        return sum(b.n_real_turns for b in batches) / sum(b.turns.text_out.shape[0] * b.turns.text_out.shape[1]
+                                                          for b in batches)  # fmt: skip
+
+    grouped, plain = [], []
+    for g in range(6):
+        grouped += [
+            sample_batch(bank, fams, seeds, 3, 60, batch_rng(0, g), W, group=4, index=i) for i in range(4)
+        ]
+        plain += [sample_batch(bank, fams, seeds, 3, 60, batch_rng(1, 4 * g + i), W) for i in range(4)]
+    lengths = [b.turns.text_out.shape[1] for b in grouped[:4]]
+    assert lengths == sorted(lengths)
+    all_at_once = sample_batch(bank, fams, seeds, 12, 60, batch_rng(0, 0), W)
+    assert sum(b.n_real_turns for b in grouped[:4]) == all_at_once.n_real_turns
+    assert real_fraction(grouped) > real_fraction(plain)
+    with pytest.raises(ValueError, match="outside a group"):
+        sample_batch(bank, fams, seeds, 3, 60, batch_rng(0, 0), W, group=4, index=4)
 
 
 def test_session_bank_renders_once_then_reads_the_cache(tmp_path):

@@ -1,4 +1,4 @@
-"""The interaction gym: synthetic time-aligned sessions, eight task families, an evaluation harness
+"""The interaction gym: synthetic time-aligned sessions, nine task families, an evaluation harness
 and a turn-based baseline. See docs/GYM.md."""
 
 from collections.abc import Iterator

@@ -1,7 +1,7 @@
 """``make eval``: score the oracle, silence, the turn-based baseline and a model on every family.
 
-    python -m microturn.gym.eval [--seeds 4] [--families timespeak,cuespeak] [--checkpoint PATH]
-                                 [--out .state/eval] [--asr template|sphinx]
+    python -m microturn.gym.eval [--seeds 16] [--families timespeak,cuespeak] [--checkpoint PATH]
+                                 [--out .state/eval] [--asr sphinx|template]
 
 Seeds are held out from training: eval seeds are EVAL_SEED_BASE + i (training uses seeds below it).
 Without --checkpoint the shipped model (microturn.model.SHIPPED_CHECKPOINT) is used if present,
@@ -18,6 +18,7 @@ from microturn.gym.harness import RunResult, evaluate
 from microturn.gym.model_responder import EngineResponder, default_checkpoint, load_model
 from microturn.gym.report import markdown_table, metrics_table, write
 from microturn.gym.responders import (
+    CodecOracleResponder,
     OracleResponder,
     Responder,
     SilenceResponder,
@@ -27,6 +28,7 @@ from microturn.gym.responders import (
 from microturn.gym.tasks import FAMILIES
 
 EVAL_SEED_BASE = 1_000_000
+RESPONDERS = ("oracle", "oracle-codec", "oracle-stream", "silence", "baseline", "model")
 
 
 def eval_seeds(n: int, offset: int = 0) -> list[int]:
@@ -35,7 +37,7 @@ def eval_seeds(n: int, offset: int = 0) -> list[int]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m microturn.gym.eval", description=__doc__.split("\n")[0])
-    p.add_argument("--seeds", type=int, default=4, help="held-out sessions per family (default 4)")
+    p.add_argument("--seeds", type=int, default=16, help="held-out sessions per family (default 16)")
     p.add_argument(
         "--seed-offset",
         type=int,
@@ -47,10 +49,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--untrained-preset", default="tiny", help="preset for the untrained row (no checkpoint)")
     p.add_argument(
         "--responders",
-        default="oracle,silence,baseline,model",
-        help="rows: oracle, oracle-stream (targets through a 3-token text-out budget), silence, baseline, model",
+        default="oracle,oracle-codec,silence,baseline,model",
+        help="rows: oracle, oracle-codec (targets through the model's audio path: what the recogniser can "
+        "hear at best), oracle-stream (targets through a 3-token text-out budget), silence, baseline, model",
     )
-    p.add_argument("--asr", default="template", choices=["template", "sphinx"], help="speech recogniser")
+    p.add_argument(
+        "--asr",
+        default="sphinx",
+        choices=["sphinx", "template"],
+        help="speech recogniser: pocketsphinx constrained to the gym's vocabulary (default) or the "
+        "template matcher",
+    )
     p.add_argument("--slots", type=int, default=16, help="engine session slots (sessions per step)")
     p.add_argument("--device", default="cpu")
     p.add_argument(
@@ -70,7 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown families {unknown}; choose from {sorted(FAMILIES)}")
     args.responders = [r.strip() for r in args.responders.split(",") if r.strip()]
-    bad = [r for r in args.responders if r not in ("oracle", "oracle-stream", "silence", "baseline", "model")]
+    bad = [r for r in args.responders if r not in RESPONDERS]
     if bad:
         p.error(f"unknown responders {bad}")
     if args.checkpoint is not None and not args.checkpoint.is_file():
@@ -83,6 +92,8 @@ def build_responders(args: argparse.Namespace) -> list[Responder]:
     for name in args.responders:
         if name == "oracle":
             out.append(OracleResponder())
+        elif name == "oracle-codec":
+            out.append(CodecOracleResponder("tiny"))  # the audio path every shipped preset shares
         elif name == "oracle-stream":
             out.append(StreamOracleResponder(3))
         elif name == "silence":

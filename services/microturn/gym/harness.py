@@ -13,7 +13,7 @@ import numpy as np
 from microturn.gym.asr import Recognizer, make_recognizer
 from microturn.gym.layout import CHUNK_SAMPLES, SAMPLE_RATE
 from microturn.gym.responders import Responder
-from microturn.gym.scoring import Observed, TimedWord
+from microturn.gym.scoring import Observed, TimedWord, match_timed
 from microturn.gym.session import Session, speech_activity
 from microturn.gym.tasks import FAMILIES, MODEL_VOCAB, get_family
 
@@ -97,6 +97,21 @@ def observe(track: OutputTrack, recognizer: Recognizer) -> dict[str, Observed]:
     }
 
 
+# A spoken word agrees with the text channel if it is the same word with its onset within this many
+# micro-turns of the text's: a word's audio starts in the micro-turn its first letters are written in
+# and a 3-byte text stream spells longer words over the next ones.
+AGREEMENT_TOLERANCE = 2
+
+
+def agreement(obs: dict[str, Observed]) -> tuple[int, int]:
+    """(words of the text channel the recogniser also heard, words of the text channel): how much of
+    what the model writes its voice says intelligibly. Only vocabulary words count (the recogniser
+    knows no others)."""
+    said = [(w.text, w.chunk) for w in obs["text"].words if w.text in MODEL_VOCAB]
+    matched, _, _ = match_timed(said, obs["speech"].words, AGREEMENT_TOLERANCE)
+    return matched, len(said)
+
+
 @dataclass
 class FamilyResult:
     family: str
@@ -124,6 +139,11 @@ class RunResult:
     def mean(self, channel: str) -> float:
         return float(np.mean([f.score[channel] for f in self.families.values()]))
 
+    def agreement(self) -> tuple[int, int]:
+        """(heard, written) vocabulary words pooled over every session: see ``agreement``."""
+        rows = [r["agreement"] for f in self.families.values() for r in f.per_session]
+        return sum(r[0] for r in rows), sum(r[1] for r in rows)
+
 
 def evaluate(
     responder: Responder,
@@ -146,7 +166,7 @@ def evaluate(
         per_session = []
         for s in (s for s in sessions if s.family == fam.name):
             obs = observe(by_id[s.session_id], asr)
-            row: dict[str, Any] = {"seed": s.seed}
+            row: dict[str, Any] = {"seed": s.seed, "agreement": agreement(obs)}
             for ch in CHANNELS:
                 sc = fam.score(s, obs[ch])
                 row[ch] = {"score": sc.score, **sc.metrics}

@@ -43,14 +43,20 @@ KEY_METRICS = (
 
 
 def metrics_table(results: list[RunResult]) -> str:
-    """Timing metrics on the speech channel ("–": the responder never produced the event)."""
+    """Timing metrics on the speech channel ("–": the responder never produced the event), then how
+    many of the words written on the text channel the recogniser heard in the speech."""
     cols = [m for m in KEY_METRICS if any(m[0] in r.families for r in results)]
-    rows = ["| responder | " + " | ".join(c[2] for c in cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    rows = [
+        "| responder | " + " | ".join(c[2] for c in cols) + " | speech agrees with text |",
+        "|" + "---|" * (len(cols) + 2),
+    ]
     for r in results:
         cells = []
         for fam, key, _, scale in cols:
             value = r.families[fam].metrics["speech"].get(key) if fam in r.families else None
             cells.append("–" if value is None else f"{value * scale:.0f}")
+        heard, written = r.agreement()
+        cells.append(f"{100 * heard / written:.0f} % of {written}" if written else "– (no words)")
         rows.append(f"| {r.responder} | " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
 
@@ -71,6 +77,7 @@ def write(results: list[RunResult], out_dir: Path, config: dict) -> tuple[Path, 
                 "wall_seconds": r.wall_seconds,
                 "realtime_factor": r.realtime_factor,
                 "mean": {"text": r.mean("text"), "speech": r.mean("speech")},
+                "agreement": dict(zip(("heard", "written"), r.agreement(), strict=True)),
                 "families": {n: asdict(f) for n, f in r.families.items()},
             }
             for r in results

@@ -91,6 +91,34 @@ class OracleResponder(_PerSession):
         return out
 
 
+class CodecOracleResponder(OracleResponder):
+    """The oracle's targets through a model's own audio path (dMel levels, then the Griffin-Lim
+    vocoder): the best speech a model of ``codec_preset`` can produce, so what the recogniser makes
+    of it bounds every model's speech score."""
+
+    def __init__(self, codec_preset: str = "tiny") -> None:
+        super().__init__()
+        self.codec_preset = codec_preset
+        self.label = f"oracle (through the {codec_preset} audio path)"
+        self.pcm: dict[str, np.ndarray] = {}
+
+    def open(self, session: Session) -> None:
+        from microturn.gym.asr import through_model_codec
+
+        super().open(session)
+        self.pcm[session.session_id] = through_model_codec(session.target_pcm, self.codec_preset)
+
+    def close(self, session_id: str) -> None:
+        super().close(session_id)
+        self.pcm.pop(session_id, None)
+
+    def step(self, inputs: list[tuple[str, int]]) -> list[OutChunk]:
+        out = super().step(inputs)
+        for (sid, k), chunk in zip(inputs, out, strict=True):
+            chunk.pcm = self.pcm[sid][k * CHUNK_SAMPLES : (k + 1) * CHUNK_SAMPLES].copy()
+        return out
+
+
 class StreamOracleResponder(OracleResponder):
     """The oracle with its text spelled through the model's text-out budget (``per_chunk`` tokens
     per micro-turn, see ``Session.text_out_tokens``): what a perfectly trained model could score."""

@@ -28,6 +28,13 @@ from microturn.v1 import interaction_pb2, interaction_pb2_grpc, media_pb2
 
 log = logging.getLogger(__name__)
 
+OPEN_ATTEMPTS = 4  # an OpenSession unanswered for 1, 2, 4 and 8 s (plus replay time) is given up
+STALL_BACKOFF = 4  # the stall limit grows to at most this multiple of stall_timeout_s ...
+STALL_RESET_S = 30.0  # ... and is back to it after output has flowed this long since the last stall
+MOVE_RETRY_S, MOVE_RETRY_MAX_S = (
+    1.0,
+    8.0,
+)  # a failed move to another version is tried again after 1, 2, 4, 8, 8 ... s
 RECOVERABLE = {Code.ERROR_CODE_UNKNOWN_SESSION, Code.ERROR_CODE_DRAINING}  # DRAINING: migrate first
 # RESOURCE_EXHAUSTED: Serve's queue in front of the replicas was full (backpressure).
 RECOVERABLE_STATUS = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL,
@@ -88,6 +95,11 @@ class InteractionSession:
         self.max_recoveries = max_recoveries
         self.stall_timeout_s = stall_timeout_s
         self.open_timeout_s = open_timeout_s
+        # the stall limit in force: doubled (up to STALL_BACKOFF x) after each stall, back to
+        # stall_timeout_s once output has flowed STALL_RESET_S, so a replica that is only slow (a
+        # loaded machine) is not flooded with replays that make it slower still
+        self._stall_s = stall_timeout_s
+        self._stalled_at = -float("inf")
         self.hop = hop
         # the caller's session span (telemetry.tracing.carrier): every stream of the session joins it
         self.trace_context = dict(trace_context or {})
@@ -107,16 +119,30 @@ class InteractionSession:
         self._next_call: grpc.aio.StreamStreamCall | None = None
         self._next_accepted: interaction_pb2.SessionAccepted | None = None
         self._next_read: asyncio.Task | None = None
+        self._catch_up_to = -1  # the next owner takes over with its first output after this chunk
         self._letting_go: set[asyncio.Task] = set()  # old streams being closed after a switch
         self.migrations = 0
         self.switched_at: list[int] = []  # per migration: the first chunk index the new owner answered
+        self._moving = False  # move_to asked for another version and no stream of it has taken over
+        self._retry_move_at: float | None = None  # loop time to try the move again after a failure
+        self._move_retry_s = MOVE_RETRY_S  # the wait before the next try (doubles, to MOVE_RETRY_MAX_S)
 
     # -- opening and recovery ------------------------------------------------------------------
     async def open(self) -> interaction_pb2.SessionAccepted:
         return await self._open(first=0, live_from=0)
 
     async def _open(self, first: int, live_from: int) -> interaction_pb2.SessionAccepted:
-        call, accepted = await self._connect(first, live_from, owner=None)
+        """Open the stream; an open not answered in time (a loaded replica, one that just died) is
+        tried again, each time waiting longer (``_connect``), up to ``OPEN_ATTEMPTS`` times. A
+        rejection (over capacity, a bad request) is the caller's to handle: ``SessionRejected``."""
+        for attempt in range(OPEN_ATTEMPTS):
+            try:
+                call, accepted = await self._connect(first, live_from, owner=None, attempt=attempt)
+                break
+            except (grpc.aio.AioRpcError, ConnectionError) as exc:
+                if attempt == OPEN_ATTEMPTS - 1:
+                    raise
+                log.info("session %s: open failed (%s); retrying", self.session_id, exc)
         self._set_call(call)  # from here on send() writes directly (no await since _connect's last write)
         return accepted
 
@@ -128,11 +154,14 @@ class InteractionSession:
         self._call = call
 
     async def _connect(
-        self, first: int, live_from: int, owner: str | None
+        self, first: int, live_from: int, owner: str | None, attempt: int = 0
     ) -> tuple[grpc.aio.StreamStreamCall, interaction_pb2.SessionAccepted]:
         """A new stream: OpenSession, the replay, then every chunk not yet answered. The caller registers
         the call right away (no await in between), so the chunks ``send`` adds later reach it too.
         ``owner``: the replica to try first (the one that held the session), None: the least loaded."""
+        # taken now: while the replay is written (slowly, to a loaded replica) the current stream goes
+        # on answering and the window drops what falls out of the resume span
+        replay = [self.window[k] for k in range(first, live_from)]
         metadata = stream_metadata(self.app_name, self.session_id, owner) + tuple(self.trace_context.items())
         call = self.stub.Converse(metadata=metadata)
         await call.write(
@@ -148,10 +177,13 @@ class InteractionSession:
                 )
             )
         )
-        for k in range(first, live_from):  # the replay
-            await call.write(interaction_pb2.ClientMessage(chunk=self.window[k]))
+        for chunk in replay:
+            await call.write(interaction_pb2.ClientMessage(chunk=chunk))
         try:
-            async with asyncio.timeout(self.open_timeout_s + 0.01 * (live_from - first)):
+            # a replay costs the replica time; a reopen tried again gets longer (a loaded replica)
+            async with asyncio.timeout(
+                (self.open_timeout_s + 0.01 * (live_from - first)) * 2 ** min(attempt, 3)
+            ):
                 reply = await call.read()
         except TimeoutError:
             call.cancel()
@@ -165,7 +197,11 @@ class InteractionSession:
         self.accepted = reply.accepted
         k = live_from
         while k < self.next_index:  # chunks in flight when the last stream broke, and new ones
-            await call.write(interaction_pb2.ClientMessage(chunk=self.window[k]))
+            chunk = self.window.get(k)
+            if chunk is None:  # answered long ago by the stream still running: this one is stale
+                call.cancel()
+                raise ConnectionError(f"chunk {k} left the window while the stream opened")
+            await call.write(interaction_pb2.ClientMessage(chunk=chunk))
             k += 1
         return call, reply.accepted
 
@@ -198,13 +234,15 @@ class InteractionSession:
         while True:
             first, live_from = self._replay_range()
             try:
-                call, accepted = await self._connect(first, live_from, owner)
+                call, accepted = await self._connect(first, live_from, owner, tried)
                 log.info("session %s %s replica %s (replayed %d chunks)",
                          self.session_id, what, accepted.replica_id, live_from - first)  # fmt: skip
                 return call, accepted
             except SessionRejected as exc:
                 if not exc.error.retryable:
+                    log.warning("session %s: %s failed: %s", self.session_id, what, exc)
                     raise
+                log.info("session %s: %s: %s; retrying", self.session_id, what, exc)
                 await asyncio.sleep(max(delay, exc.error.retry_after_ms / 1000))
             except (grpc.aio.AioRpcError, ConnectionError) as exc:
                 log.info("session %s: reopen failed (%s); retrying", self.session_id, exc)
@@ -225,6 +263,19 @@ class InteractionSession:
         # not the draining owner: any other replica
         call, accepted = await self._reconnect("migrating to", attempts=self.max_recoveries, owner=None)
         self._next_call, self._next_accepted = call, accepted  # (no await since _connect's last write)
+        self._catch_up_to = self.answered
+
+    def _migration_failed(self, why: object) -> None:
+        """The next owner could not be opened or failed before taking over. A move (``move_to``) is
+        tried again after a backoff (``MOVE_RETRY_S`` doubling): the version it leaves is going away, so giving up would
+        leave the call to break when it goes; a migration off a draining replica starts again at its
+        next DRAINING answer."""
+        log.warning("session %s: migration to %s failed (%s)%s", self.session_id,
+                    self.model_version or "another replica", why, "; retrying" if self._moving else "")  # fmt: skip
+        self._drop_migration()
+        if self._moving:
+            self._retry_move_at = asyncio.get_running_loop().time() + self._move_retry_s
+            self._move_retry_s = min(2 * self._move_retry_s, MOVE_RETRY_MAX_S)
 
     def move_to(self, channel: grpc.aio.Channel, app_name: str, model_version: str) -> None:
         """Move the session to another model version (its own is being retired, and the two are
@@ -233,28 +284,35 @@ class InteractionSession:
         keeps answering until the new one has caught up."""
         self.stub = interaction_pb2_grpc.InteractionStub(channel)
         self.app_name, self.model_version = app_name, model_version
+        self._moving = True  # until a stream of the new version takes over
+        self._move_retry_s = MOVE_RETRY_S
         self._drop_migration()  # one in progress would land on the old version
         self._start_migration()
 
     def _drop_migration(self) -> None:
-        for t in (self._migration, self._next_read):
-            if t is not None:
-                t.cancel()
-        if self._next_call is not None:
-            self._next_call.cancel()
+        if self._migration is not None:
+            self._migration.cancel()
+        if self._next_call is not None:  # opened there: let it go (cancelled, it would hold a slot)
+            self._release(self._next_call, self._next_read)
+        elif self._next_read is not None:
+            self._next_read.cancel()
         self._migration = self._next_read = self._next_call = None
+
+    def _release(self, call: grpc.aio.StreamStreamCall, read: asyncio.Future | None) -> None:
+        task = asyncio.ensure_future(self._let_go(call, read))
+        self._letting_go.add(task)
+        task.add_done_callback(self._letting_go.discard)
 
     def _switch_to_next(self) -> None:
         """The new owner has caught up: it becomes the stream; the draining one is let go."""
         assert self._next_call is not None and self._next_accepted is not None
         if self._call is not None:  # (its pending read goes with it: cancelling one cancels the RPC)
-            task = asyncio.ensure_future(self._let_go(self._call, self._read))
-            self._letting_go.add(task)
-            task.add_done_callback(self._letting_go.discard)
+            self._release(self._call, self._read)
         elif self._read is not None:
             self._read.cancel()
         self._call, self._read, self.accepted = self._next_call, self._next_read, self._next_accepted
         self._next_call = self._next_read = self._migration = None
+        self._moving = False
         self.migrations += 1
         log.info("session %s: migrated to replica %s", self.session_id, self.accepted.replica_id)
 
@@ -309,13 +367,13 @@ class InteractionSession:
             try:
                 from_next, msg = await self._read_or_stall()
             except TimeoutError:
-                log.info(
-                    "session %s: no output for %.1f s; recovering", self.session_id, self.stall_timeout_s
-                )
+                log.info("session %s: no output for %.1f s; recovering", self.session_id, self._stall_s)
+                self._stalled_at = asyncio.get_running_loop().time()
+                self._stall_s = min(2 * self._stall_s, STALL_BACKOFF * self.stall_timeout_s)
                 await self._recover_or_switch()
                 continue
             except _NextStreamFailed:
-                self._drop_migration()
+                self._migration_failed("its stream broke")
                 continue
             except _StreamCancelled:
                 if self._closing:
@@ -339,12 +397,17 @@ class InteractionSession:
             kind = msg.WhichOneof("kind")
             if from_next:
                 if kind != "chunk":  # the new owner failed before taking over: stay, try again later
-                    self._drop_migration()
+                    self._migration_failed(msg.error.message if kind == "error" else kind)
                     continue
-                if msg.chunk.header.chunk_index <= self.answered:
-                    continue  # still catching up with what the draining replica already answered
+                index = msg.chunk.header.chunk_index
+                if index <= self._catch_up_to:
+                    continue  # still catching up with what was answered when it opened
+                # it answers chunks as they come now: take it, even when it runs behind the old owner
+                # (a busier replica; waiting for it to overtake could mean waiting for ever)
                 self._switch_to_next()
-                self.switched_at.append(msg.chunk.header.chunk_index)
+                self.switched_at.append(index)
+                if index <= self.answered:
+                    continue  # the old owner answered this one already; the new one goes on from here
             elif kind == "error" and msg.error.code == Code.ERROR_CODE_DRAINING:
                 self._start_migration()
                 continue
@@ -380,13 +443,18 @@ class InteractionSession:
             if self._next_call is not None and self._next_read is None:
                 self._next_read = asyncio.ensure_future(self._next_call.read())
             waits = {t for t in (self._read, self._next_read, self._migration) if t is not None}
-            done, _ = await asyncio.wait(waits, timeout=self.stall_timeout_s / 4, return_when=FIRST_COMPLETED)
+            done, _ = await asyncio.wait(waits, timeout=self._stall_s / 4, return_when=FIRST_COMPLETED)
             if self._migration in done:
-                failed = self._migration.cancelled() or self._migration.exception() is not None
-                self._migration = None
-                if failed:
-                    self._drop_migration()
+                if self._migration.cancelled() or self._migration.exception() is not None:
+                    self._migration_failed(
+                        "cancelled" if self._migration.cancelled() else self._migration.exception()
+                    )
+                else:
+                    self._migration = None
                 continue
+            if self._retry_move_at is not None and loop.time() >= self._retry_move_at:
+                self._retry_move_at = None
+                self._start_migration()
             if self._next_read is not None and self._next_read in done:
                 read, self._next_read = self._next_read, None
                 if read.cancelled() or read.exception() is not None:
@@ -399,11 +467,13 @@ class InteractionSession:
                 self._last_message = loop.time()
                 return False, read.result()
             oldest = next(iter(self._sent_at.values()), None)
-            if oldest is not None and loop.time() - max(oldest, self._last_message) > self.stall_timeout_s:
+            if oldest is not None and loop.time() - max(oldest, self._last_message) > self._stall_s:
                 raise TimeoutError
 
     def _answered(self, out: media_pb2.OutputChunk) -> None:
         k = out.header.chunk_index
+        if self._stall_s != self.stall_timeout_s and self._last_message - self._stalled_at > STALL_RESET_S:
+            self._stall_s = self.stall_timeout_s
         self.answered = max(self.answered, k)
         for i in [i for i in self._sent_at if i <= k]:
             del self._sent_at[i]

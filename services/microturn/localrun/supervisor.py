@@ -143,7 +143,7 @@ def service_spec(settings: Settings, name: str, passwords: Mapping[str, str] | N
 
 def rollout_spec(settings: Settings, passwords: Mapping[str, str] | None = None) -> ServiceSpec:
     """The local rollout controller (microturn.rollout.local): ready once it wrote its status."""
-    from microturn.rollout.local import rollout_dir
+    from microturn.rollout.store import rollout_dir
 
     status = rollout_dir(settings) / "status.json"
     started = time.time()
@@ -158,7 +158,7 @@ def rollout_spec(settings: Settings, passwords: Mapping[str, str] | None = None)
 
 
 def edge_spec(settings: Settings) -> ServiceSpec:
-    from microturn.rollout.local import routing_path
+    from microturn.rollout.store import routing_path
 
     url = f"http://{settings.edge.host}:{settings.edge.port}"
     # New calls follow the local rollout's routing table (none yet: the default application).

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import re
 import sys
 import time
@@ -25,7 +26,7 @@ import yaml
 
 from microturn.config import Settings
 from microturn.rollout import store
-from microturn.rollout.analysis import AnalysisSpec
+from microturn.rollout.analysis import AnalysisSpec, Threshold, default_thresholds
 from microturn.rollout.machine import Command, RolloutSpec, SpecError, Step
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
@@ -76,6 +77,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE", dest="candidate_settings",
                    help="an interaction setting of the candidate's replicas, e.g. session_slots=16 or "
                    "fault_tick_delay_ms=300 (rehearse a rollback); repeatable")  # fmt: skip
+    s.add_argument("--threshold", action="append", default=[], metavar="METRIC=LIMIT[:MARGIN]",
+                   dest="thresholds", help="an analysis threshold: the candidate fails on METRIC above LIMIT "
+                   "and above stable x (1 + MARGIN); e.g. tick_p99_ms=150:0.25; metrics: "
+                   f"{', '.join(default_thresholds())}; repeatable")  # fmt: skip
     s.add_argument("--replay-compatible", action="store_true",
                    help="past the deadline, migrate calls to the other version instead of ending them")  # fmt: skip
     s.set_defaults(rollout_fn=cmd_start)
@@ -102,6 +107,23 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+def thresholds_from_args(items: list[str]) -> dict[str, Threshold]:
+    """The default thresholds with ``METRIC=LIMIT[:MARGIN]`` overrides (a SpecError names a bad one)."""
+    out = default_thresholds()
+    for item in items:
+        name, sep, value = item.partition("=")
+        limit, _, margin = value.partition(":")
+        if not sep or name not in out:
+            raise SpecError(f"--threshold {item!r}: use METRIC=LIMIT[:MARGIN], METRIC one of {sorted(out)}")
+        try:
+            out[name] = Threshold(float(limit), float(margin) if margin else out[name].margin)
+        except ValueError:
+            raise SpecError(f"--threshold {item!r}: LIMIT and MARGIN are numbers") from None
+        if not all(math.isfinite(v) and v >= 0 for v in (out[name].limit, out[name].margin)):
+            raise SpecError(f"--threshold {item!r}: LIMIT and MARGIN must be finite and >= 0")
+    return out
+
+
 def spec_from_args(ns: argparse.Namespace, settings: Settings) -> RolloutSpec:
     from microturn.rollout.local import Deployed, app_for, resolve_checkpoint, version_settings
 
@@ -115,7 +137,9 @@ def spec_from_args(ns: argparse.Namespace, settings: Settings) -> RolloutSpec:
     spec = RolloutSpec(
         candidate=ns.to,
         steps=tuple(Step(w, ns.hold, ns.min_sessions) for w in ns.steps),
-        analysis=AnalysisSpec(min_sessions=max(1, ns.min_sessions)),
+        analysis=AnalysisSpec(
+            thresholds=thresholds_from_args(ns.thresholds), min_sessions=max(1, ns.min_sessions)
+        ),
         analysis_interval_s=ns.interval,
         failure_limit=ns.failure_limit,
         provision_timeout_s=ns.provision_timeout,
@@ -129,7 +153,7 @@ def spec_from_args(ns: argparse.Namespace, settings: Settings) -> RolloutSpec:
 
 
 def _status(settings: Settings) -> dict | None:
-    from microturn.rollout.local import rollout_dir
+    from microturn.rollout.store import rollout_dir
 
     path = rollout_dir(settings) / "status.json"
     try:
@@ -150,7 +174,7 @@ def _no_controller(settings: Settings) -> int:
 
 
 def cmd_start(ns: argparse.Namespace, settings: Settings) -> int:
-    from microturn.rollout.local import rollout_dir, write_json
+    from microturn.rollout.store import rollout_dir, write_json
 
     try:
         spec = spec_from_args(ns, settings)
@@ -166,7 +190,7 @@ def cmd_start(ns: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_command(ns: argparse.Namespace, settings: Settings) -> int:
-    from microturn.rollout.local import rollout_dir, write_json
+    from microturn.rollout.store import rollout_dir, write_json
 
     if not _controller_running(settings):
         return _no_controller(settings)

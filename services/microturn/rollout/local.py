@@ -23,7 +23,6 @@ import re
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -60,6 +59,7 @@ from microturn.rollout.machine import (
 )
 from microturn.rollout.observe import StatsWindow
 from microturn.rollout.routing import RoutingTable
+from microturn.rollout.store import rollout_dir, routing_path, write_json
 from microturn.telemetry import RateLimitedLog
 
 log = logging.getLogger(__name__)
@@ -83,14 +83,6 @@ def version_settings(settings: Settings, d: Deployed) -> Settings:
     except ValidationError as exc:
         raise SpecError(f"candidate_settings: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}") from None
     return settings.model_copy(update={"interaction": cfg})
-
-
-def rollout_dir(settings: Settings) -> Path:
-    return settings.state_dir / "rollout"
-
-
-def routing_path(settings: Settings) -> Path:
-    return rollout_dir(settings) / "routing.json"
 
 
 def app_for(settings: Settings, version: str) -> str:
@@ -146,14 +138,6 @@ def serve_config_for(settings: Settings, deployed: dict[str, Deployed]) -> dict[
             doc["applications"] += rendered["applications"]
     assert doc is not None
     return doc
-
-
-def write_json(path: Path, doc: Any) -> None:
-    """Replace ``path`` atomically (readers see the old document or the new one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
 
 
 async def smoke_call(

@@ -1,14 +1,34 @@
 """Rollout specs and statuses as JSON documents: the local controller's files, the CLI's
-``--json``, and (later) the Kubernetes CR. A spec document is operator input: every problem is a
-``SpecError`` that names the field."""
+``--json``, and the Kubernetes CR. A spec document is operator input: every problem is a
+``SpecError`` that names the field. Light on imports: ``microturn rollout status`` reads the files
+through it without loading the model or Ray."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, fields
+from pathlib import Path
 from typing import Any
 
+from microturn.config import Settings
 from microturn.rollout.analysis import AnalysisSpec, Threshold, default_thresholds
 from microturn.rollout.machine import Phase, RolloutSpec, RolloutStatus, SpecError, Step
+
+
+def rollout_dir(settings: Settings) -> Path:
+    return settings.state_dir / "rollout"
+
+
+def routing_path(settings: Settings) -> Path:
+    return rollout_dir(settings) / "routing.json"
+
+
+def write_json(path: Path, doc: Any) -> None:
+    """Replace ``path`` atomically (readers see the old document or the new one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
 
 
 def spec_to_doc(spec: RolloutSpec) -> dict[str, Any]:

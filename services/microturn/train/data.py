@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,6 +238,47 @@ def batch_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
     return np.random.default_rng([seed, step, stream])
 
 
+@dataclass(frozen=True)
+class Crop:
+    family: str
+    seed: int
+    start: int  # first micro-turn
+    turns: int  # micro-turns taken
+
+
+def plan_batch(
+    n_turns: Callable[[str, int], int],
+    families: list[str],
+    seeds: range,
+    batch_size: int,
+    max_turns: int,
+    rng: np.random.Generator,
+    group: int = 1,
+    index: int = 0,
+) -> list[Crop]:
+    """Which sessions a batch takes, and where (``n_turns(family, seed)``: a session's length).
+
+    ``batch_size`` random sessions (family and seed uniform), each whole when it fits in
+    ``max_turns``; longer ones are cropped at the start half the time (the instruction is there) and at
+    a random place otherwise. Length grouping: ``rng`` draws ``group`` batches' worth of crops, sorted
+    by length, and this is the ``index``-th batch of them. Every session is still drawn uniformly;
+    only which ones share a batch changes, so a batch pads its short sessions to a length close to
+    theirs, not to the longest of ``batch_size`` random ones."""
+    if not 0 <= index < group:
+        raise ValueError(f"batch index {index} outside a group of {group}")
+    crops = []
+    for _ in range(batch_size * group):
+        fam = families[int(rng.integers(len(families)))]
+        seed = int(seeds[int(rng.integers(len(seeds)))])
+        n = n_turns(fam, seed)
+        extra = n - max_turns
+        s0 = int(rng.integers(extra + 1)) if extra > 0 and rng.random() < 0.5 else 0
+        crops.append(Crop(fam, seed, s0, min(max_turns, n - s0)))
+    if group > 1:
+        crops = sorted(crops, key=lambda c: c.turns)[index * batch_size : (index + 1) * batch_size]
+    return crops
+
+
 def sample_batch(
     bank: SessionBank,
     families: list[str],
@@ -247,24 +289,24 @@ def sample_batch(
     weights: tuple[float, float, float],
     offset_prob: float = 0.0,
     max_offset_turns: int = 0,
+    group: int = 1,
+    index: int = 0,
+    offset_rng: np.random.Generator | None = None,
 ) -> TrainBatch:
-    """``batch_size`` random sessions (family and seed uniform), each whole when it fits in
-    ``max_turns``; longer ones are cropped at the start half the time (the instruction is there) and at
-    a random place otherwise. Padded to the longest crop; with probability ``offset_prob`` every position
-    is shifted by a random number of micro-turns."""
-    examples, starts = [], []
-    for _ in range(batch_size):
-        fam = families[int(rng.integers(len(families)))]
-        ex = bank.get(fam, int(seeds[int(rng.integers(len(seeds)))]))
-        extra = ex.n_turns - max_turns
-        s0 = int(rng.integers(extra + 1)) if extra > 0 and rng.random() < 0.5 else 0
-        examples.append(ex)
-        starts.append(s0)
-    n = max(min(max_turns, ex.n_turns - s0) for ex, s0 in zip(examples, starts, strict=True))
+    """The batch ``plan_batch`` picks, padded to its longest crop; with probability ``offset_prob``
+    every position is shifted by a random number of micro-turns (drawn from ``offset_rng``, default
+    ``rng``)."""
+    crops = plan_batch(lambda f, s: bank.get(f, s).n_turns, families, seeds, batch_size, max_turns, rng,
+                       group, index)  # fmt: skip
+    orng = rng if offset_rng is None else offset_rng
     offset = (
-        int(rng.integers(max_offset_turns + 1)) if max_offset_turns > 0 and rng.random() < offset_prob else 0
+        int(orng.integers(max_offset_turns + 1))
+        if max_offset_turns > 0 and orng.random() < offset_prob
+        else 0
     )
-    return collate(examples, starts, n, bank.cfg, weights, pos_offset=offset)
+    examples = [bank.get(c.family, c.seed) for c in crops]
+    n = max(c.turns for c in crops)
+    return collate(examples, [c.start for c in crops], n, bank.cfg, weights, pos_offset=offset)
 
 
 def fixed_batches(

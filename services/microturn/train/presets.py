@@ -21,6 +21,9 @@ class TrainPreset:
     max_turns: int = 96
     train_seeds: int = 256  # sessions per family: seeds 0 .. train_seeds-1 (rendered once, then cached)
     families: tuple[str, ...] | None = None  # None: all gym families
+    # batches of similar lengths (data.sample_batch): 1 = off (each batch padded to its longest of
+    # batch_size random sessions); g draws g batches at once and sorts them by length
+    length_group: int = 1
     # optimisation (AdamW, linear warmup then cosine decay to min_lr_frac * lr)
     steps: int = 2000
     lr: float = 2e-3

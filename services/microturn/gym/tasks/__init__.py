@@ -1,4 +1,4 @@
-"""The eight task families, by name."""
+"""The task families, by name."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from microturn.gym.tasks import (
     charades,
     cuespeak,
     delegation,
+    idle,
     interruption,
     repcount,
     simulspeech,
@@ -16,7 +17,17 @@ from microturn.gym.tasks.base import MODEL_VOCAB, Family
 
 FAMILIES: dict[str, Family] = {
     m.FAMILY.name: m.FAMILY
-    for m in (timespeak, cuespeak, repcount, charades, turntaking, interruption, simulspeech, delegation)
+    for m in (
+        timespeak,
+        cuespeak,
+        repcount,
+        charades,
+        turntaking,
+        interruption,
+        simulspeech,
+        delegation,
+        idle,
+    )
 }
 
 
