@@ -70,6 +70,14 @@ def test_baseline_runs_end_to_end() -> None:
     assert first_word > s.meta["turn"][0]
 
 
+def test_baseline_answers_typed_requests_and_updates_once_read() -> None:
+    """Content for free, but not before it has arrived: a typed request is delegated once its last
+    byte is read, the result said once the update is, which is what the Delegation family scores."""
+    seeds = [s for s in range(1_000, 1_040) if generate("delegation", s).meta["typed"]][:4]
+    result = evaluate(TurnBasedResponder(), ["delegation"], seeds)
+    assert [r["text"]["score"] for r in result.families["delegation"].per_session] == [100.0] * len(seeds)
+
+
 def test_baseline_waits_for_vad_silence_before_answering() -> None:
     seed = next(s for s in range(1_000, 1_100) if generate("turntaking", s).meta["pause"] is None)
     result = evaluate(TurnBasedResponder(min_silence_ms=500), ["turntaking"], [seed])

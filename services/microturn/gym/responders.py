@@ -261,7 +261,7 @@ class TurnBasedResponder(_PerSession):
 
     def _step(self, sid: str, k: int) -> OutChunk:
         s, st = self._session(sid), self.state[sid]
-        pcm, _, text, background = s.input_chunk(k)
+        pcm = s.input_chunk(k)[0]
         started, ended = st.vad.feed(pcm)
         if started and st.utterance is not None:  # barge-in: stop talking
             st.utterance = None
@@ -272,8 +272,8 @@ class TurnBasedResponder(_PerSession):
             replies = [r for r in st.pending if r.trigger == "speech" and r.end <= k]
             if not replies:  # end-of-turn inside a turn (a pause): answer prematurely
                 replies = [r for r in st.pending if r.trigger == "speech" and r.start <= k][:1]
-        if text or background:
-            st.queued_text += [r for r in st.pending if r.trigger in ("text", "background") and r.start == k]
+        # typed text and updates are read a few bytes per micro-turn: answered once read in full (end)
+        st.queued_text += [r for r in st.pending if r.trigger in ("text", "background") and r.end == k]
         if st.queued_text and not st.vad.speaking and st.utterance is None:
             replies += st.queued_text
         for r in replies:

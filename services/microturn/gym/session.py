@@ -28,7 +28,8 @@ class TurnReply:
     """What an ideal turn-based model would answer to one user turn (used by the baseline only).
 
     ``trigger`` is "speech" (answer after the user's turn, spoken between ``start`` and ``end``
-    chunks), "text" (typed text arriving in chunk ``start``) or "background" (an update arriving).
+    chunks), "text" (typed text arriving in chunk ``start``, read by ``end``) or "background" (an
+    update arriving in ``start``, read by ``end``).
     """
 
     trigger: str  # "speech" | "text" | "background"
