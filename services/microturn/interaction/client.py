@@ -31,10 +31,8 @@ log = logging.getLogger(__name__)
 OPEN_ATTEMPTS = 4  # an OpenSession unanswered for 1, 2, 4 and 8 s (plus replay time) is given up
 STALL_BACKOFF = 4  # the stall limit grows to at most this multiple of stall_timeout_s ...
 STALL_RESET_S = 30.0  # ... and is back to it after output has flowed this long since the last stall
-MOVE_RETRY_S, MOVE_RETRY_MAX_S = (
-    1.0,
-    8.0,
-)  # a failed move to another version is tried again after 1, 2, 4, 8, 8 ... s
+MOVE_RETRY_S = 1.0  # a failed move to another version is tried again after 1, 2, 4, 8, 8 ... s
+MOVE_RETRY_MAX_S = 8.0
 RECOVERABLE = {Code.ERROR_CODE_UNKNOWN_SESSION, Code.ERROR_CODE_DRAINING}  # DRAINING: migrate first
 # RESOURCE_EXHAUSTED: Serve's queue in front of the replicas was full (backpressure).
 RECOVERABLE_STATUS = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL,
@@ -267,9 +265,9 @@ class InteractionSession:
 
     def _migration_failed(self, why: object) -> None:
         """The next owner could not be opened or failed before taking over. A move (``move_to``) is
-        tried again after a backoff (``MOVE_RETRY_S`` doubling): the version it leaves is going away, so giving up would
-        leave the call to break when it goes; a migration off a draining replica starts again at its
-        next DRAINING answer."""
+        tried again after a backoff (``MOVE_RETRY_S``, doubling): the version it leaves is going
+        away, so giving up would leave the call to break when it goes. A migration off a draining
+        replica starts again at that replica's next DRAINING answer."""
         log.warning("session %s: migration to %s failed (%s)%s", self.session_id,
                     self.model_version or "another replica", why, "; retrying" if self._moving else "")  # fmt: skip
         self._drop_migration()
@@ -289,13 +287,18 @@ class InteractionSession:
         self._drop_migration()  # one in progress would land on the old version
         self._start_migration()
 
-    def _drop_migration(self) -> None:
+    def _drop_migration(self, release: bool = True) -> None:
+        """Give up the migration in progress. A stream already open on the next owner is let go
+        (``release``: cancelled, it would hold a slot there for ``detach_timeout_s``) or, when the
+        session itself is being cancelled, cancelled."""
         if self._migration is not None:
             self._migration.cancel()
-        if self._next_call is not None:  # opened there: let it go (cancelled, it would hold a slot)
+        if self._next_call is not None and release:
             self._release(self._next_call, self._next_read)
-        elif self._next_read is not None:
-            self._next_read.cancel()
+        else:
+            for t in (self._next_read, self._next_call):
+                if t is not None:
+                    t.cancel()
         self._migration = self._next_read = self._next_call = None
 
     def _release(self, call: grpc.aio.StreamStreamCall, read: asyncio.Future | None) -> None:
@@ -304,7 +307,7 @@ class InteractionSession:
         task.add_done_callback(self._letting_go.discard)
 
     def _switch_to_next(self) -> None:
-        """The new owner has caught up: it becomes the stream; the draining one is let go."""
+        """The new owner answers new chunks: it becomes the stream; the one left is let go."""
         assert self._next_call is not None and self._next_accepted is not None
         if self._call is not None:  # (its pending read goes with it: cancelling one cancels the RPC)
             self._release(self._call, self._read)
@@ -519,7 +522,7 @@ class InteractionSession:
         self.cancel()
 
     def cancel(self) -> None:
-        self._drop_migration()
+        self._drop_migration(release=False)
         for task in self._letting_go:
             task.cancel()
         if self._read is not None:
