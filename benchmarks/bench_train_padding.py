@@ -15,7 +15,7 @@ import sys
 from functools import cache
 
 from microturn.gym import FAMILIES, generate
-from microturn.train.data import batch_rng, plan_batch
+from microturn.train.data import group_rng, plan_batch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     for g in groups:
         real = computed = 0
         for step in range(args.steps):
-            rng = batch_rng(0, step // g, stream=0 if g == 1 else 3)
+            rng, index = group_rng(0, step, g)
             crops = plan_batch(
-                n_turns, families, range(args.seeds), args.batch, args.max_turns, rng, g, step % g
+                n_turns, families, range(args.seeds), args.batch, args.max_turns, rng, g, index
             )
             real += sum(c.turns for c in crops)
             computed += len(crops) * max(c.turns for c in crops)

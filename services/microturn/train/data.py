@@ -238,6 +238,14 @@ def batch_rng(seed: int, step: int, stream: int = 0) -> np.random.Generator:
     return np.random.default_rng([seed, step, stream])
 
 
+def group_rng(seed: int, step: int, group: int) -> tuple[np.random.Generator, int]:
+    """The stream that draws step ``step``'s length group, and the step's batch index in it (for
+    ``plan_batch``; a group of 1 is the step's own stream, as without grouping)."""
+    if group == 1:
+        return batch_rng(seed, step), 0
+    return batch_rng(seed, step // group, stream=3), step % group
+
+
 @dataclass(frozen=True)
 class Crop:
     family: str

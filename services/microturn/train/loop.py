@@ -26,6 +26,7 @@ from microturn.train.data import (
     TrainBatch,
     batch_rng,
     fixed_batches,
+    group_rng,
     sample_batch,
 )
 from microturn.train.objective import compute_losses
@@ -86,20 +87,20 @@ class Trainer:
 
     def batch_at(self, step: int) -> TrainBatch:
         tp = self.tp
-        g = tp.length_group
+        rng, index = group_rng(self.seed, step, tp.length_group)
         return sample_batch(
             self.bank,
             self.families,
             range(tp.train_seeds),
             tp.batch_size,
             tp.max_turns,
-            batch_rng(self.seed, step // g, stream=0 if g == 1 else 3),
+            rng,
             self.weights,
             tp.offset_prob,
             tp.max_offset_turns,
-            group=g,
-            index=step % g,
-            offset_rng=None if g == 1 else batch_rng(self.seed, step, stream=2),
+            group=tp.length_group,
+            index=index,
+            offset_rng=None if tp.length_group == 1 else batch_rng(self.seed, step, stream=2),
         )
 
     def generator_at(self, step: int) -> torch.Generator:
